@@ -1,0 +1,282 @@
+"""Typed configs: pydantic classes hold the defaults, YAML and dotted CLI overrides only override.
+
+Every cross-field rule is checked when a config is built; a bad key, type or value raises a
+`JepalabError` whose one-line message names the field (and the allowed values).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from jepalab.errors import JepalabError
+
+T = TypeVar("T", bound="Config")
+
+
+class Config(BaseModel):
+    """Base: unknown keys are errors, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+
+class DataConfig(Config):
+    source: Literal["shapes", "folder", "dataset"] = "shapes"
+    path: str | None = Field(None, description="image folder or trajectory dataset directory")
+    image_size: int = Field(64, ge=8)
+    num_images: int = Field(2048, ge=1, description="size of the procedural shapes set")
+    skip_bad: bool = Field(
+        False, description="skip (and count) unreadable images instead of failing"
+    )
+    frames: int = Field(1, ge=1, description="clip length; > 1 trains a video encoder")
+    stride: int = Field(1, ge=1)
+    workers: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _path_needed(self) -> DataConfig:
+        if self.source != "shapes" and not self.path:
+            raise ValueError(f"data.path is required when data.source is '{self.source}'")
+        if self.frames > 1 and self.source != "dataset":
+            raise ValueError("data.frames > 1 (video) needs data.source 'dataset' (clips)")
+        return self
+
+
+class ModelConfig(Config):
+    arch: Literal["vit", "conv"] = "vit"
+    preset: Literal["micro", "tiny", "small", "base", "large", "huge", "giant"] = "tiny"
+    patch_size: int = Field(8, ge=1)
+    tubelet: int = Field(2, ge=1, description="frames per video token")
+    depth: int | None = Field(None, ge=1, description="override the preset's depth")
+    embed_dim: int | None = Field(None, ge=8)
+    num_heads: int | None = Field(None, ge=1)
+    pred_depth: int = Field(4, ge=1)
+    pred_dim: int = Field(96, ge=8)
+    pred_heads: int = Field(4, ge=1)
+    grad_checkpointing: bool = False
+
+
+class MaskConfig(Config):
+    kind: Literal["multiblock", "tube", "none"] = "multiblock"
+    params: dict[str, Any] = Field(default_factory=dict, description="passed to the mask policy")
+
+
+class ObjectiveConfig(Config):
+    name: str = "jepa"
+    loss: Literal["l2", "l1", "smooth_l1"] = "l2"
+    target_layernorm: bool = True
+    ema: tuple[float, float] = (0.996, 1.0)
+    params: dict[str, Any] = Field(default_factory=dict, description="objective-specific options")
+
+    @model_validator(mode="after")
+    def _ema_range(self) -> ObjectiveConfig:
+        lo, hi = self.ema
+        if not (0.0 <= lo <= hi <= 1.0):
+            raise ValueError(f"objective.ema must satisfy 0 <= start <= end <= 1, got {self.ema}")
+        return self
+
+
+class OptimConfig(Config):
+    lr: float = Field(1e-3, gt=0)
+    start_lr: float = Field(1e-5, ge=0)
+    min_lr: float = Field(1e-6, ge=0)
+    warmup_steps: int = Field(20, ge=0)
+    weight_decay: tuple[float, float] = (0.04, 0.4)
+    betas: tuple[float, float] = (0.9, 0.999)
+    clip_grad: float | None = Field(1.0, gt=0)
+
+
+class RunConfig(Config):
+    """A top-level config (one YAML file): its `kind` field says which class it is."""
+
+
+class TrainConfig(RunConfig):
+    """What every training run shares (pretraining and world models use the same trainer)."""
+
+    seed: int = 0
+    steps: int = Field(300, ge=1)
+    batch_size: int = Field(64, ge=1)
+    out_dir: str = "runs/pretrain"
+    precision: Literal["fp32", "bf16"] = "fp32"
+    device: Literal["auto", "cpu", "cuda"] = "cpu"
+    compile: bool = False
+    log_every: int = Field(10, ge=1)
+    monitor_every: int = Field(50, ge=1)
+    ckpt_every: int = Field(100, ge=1)
+    keep_ckpts: int = Field(2, ge=1)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+
+    @model_validator(mode="after")
+    def _warmup(self) -> TrainConfig:
+        if self.optim.warmup_steps >= self.steps:
+            raise ValueError(
+                f"optim.warmup_steps ({self.optim.warmup_steps}) must be < steps ({self.steps})"
+            )
+        return self
+
+
+class PretrainConfig(TrainConfig):
+    """Everything one pretraining run needs; saved resolved beside every checkpoint."""
+
+    kind: Literal["pretrain"] = "pretrain"
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    mask: MaskConfig = Field(default_factory=MaskConfig)
+    objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig)
+
+    @model_validator(mode="after")
+    def _cross_field(self) -> PretrainConfig:
+        if self.data.image_size % self.model.patch_size:
+            raise ValueError(
+                f"data.image_size ({self.data.image_size}) must be divisible by "
+                f"model.patch_size ({self.model.patch_size})"
+            )
+        video = self.data.frames > 1
+        if video and self.data.frames % self.model.tubelet:
+            raise ValueError(
+                f"data.frames ({self.data.frames}) must be divisible by model.tubelet "
+                f"({self.model.tubelet})"
+            )
+        if self.mask.kind == "tube" and not video:
+            raise ValueError("mask.kind 'tube' needs video clips (data.frames > 1)")
+        if self.mask.kind == "multiblock" and video:
+            raise ValueError(
+                "mask.kind 'multiblock' is for images; use 'tube' with data.frames > 1"
+            )
+        return self
+
+
+# ---------------------------------------------------------------- loading and overrides
+
+
+def config_kinds() -> dict[str, type[Config]]:
+    """Every top-level config class by its `kind` (each YAML file says which it is)."""
+    found: dict[str, type[Config]] = {}
+    stack = list(RunConfig.__subclasses__())
+    while stack:
+        c = stack.pop()
+        stack.extend(c.__subclasses__())
+        if "kind" in c.model_fields:
+            found[c.model_fields["kind"].default] = c
+    return found
+
+
+def _format_error(err: ValidationError, source: str) -> str:
+    parts = []
+    for e in err.errors():
+        field = ".".join(str(p) for p in e["loc"]) or "<root>"
+        if e["type"] == "extra_forbidden":
+            parts.append(f"{field}: unknown field")
+        else:
+            parts.append(f"{field}: {e['msg']}")
+    return f"{source}: invalid config: " + "; ".join(parts)
+
+
+def _allowed_fields(cls: type[Config], dotted: str) -> str:
+    """Name the valid keys at the level where an unknown key was given."""
+    model: Any = cls
+    for part in dotted.split(".")[:-1]:
+        field = model.model_fields.get(part)
+        ann = getattr(field, "annotation", None)
+        if not (isinstance(ann, type) and issubclass(ann, Config)):
+            return ""
+        model = ann
+    return ", ".join(model.model_fields)
+
+
+def build(cls: type[T], data: dict[str, Any], source: str = "config") -> T:
+    """Validate a plain dict into `cls`, turning pydantic's errors into one line."""
+    try:
+        return cls.model_validate(data)
+    except ValidationError as err:
+        msg = _format_error(err, source)
+        unknown = [e for e in err.errors() if e["type"] == "extra_forbidden"]
+        if unknown:
+            dotted = ".".join(str(p) for p in unknown[0]["loc"])
+            msg += f" (allowed: {_allowed_fields(cls, dotted)})"
+        raise JepalabError(msg) from None
+
+
+def _scalar(raw: str) -> Any:
+    """A command-line value: numbers (incl. 5e-4, which YAML 1.1 reads as text), then YAML."""
+    for cast in (int, float):
+        try:
+            return cast(raw)
+        except ValueError:
+            pass
+    try:
+        return yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        return raw
+
+
+def parse_overrides(args: list[str]) -> dict[str, Any]:
+    """`['--model.depth=4', '--optim.lr', '5e-4']` -> nested dict, values parsed as YAML scalars."""
+    out: dict[str, Any] = {}
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("--") or len(arg) == 2:
+            raise JepalabError(f"unexpected argument '{arg}' (overrides look like --model.depth=4)")
+        key, sep, raw = arg[2:].partition("=")
+        if not sep:
+            if i + 1 >= len(args):
+                raise JepalabError(f"override --{key} has no value")
+            raw, i = args[i + 1], i + 1
+        value = _scalar(raw)
+        node = out
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise JepalabError(f"override --{key} conflicts with an earlier override")
+        node[parts[-1]] = value
+        i += 1
+    return out
+
+
+def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """Recursive dict merge; `over` wins."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise JepalabError(f"{p}: config file not found")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise JepalabError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise JepalabError(f"{p}: top level must be a mapping, got {type(data).__name__}")
+    return data
+
+
+def load(cls: type[T], path: str | Path | None, overrides: list[str] | None = None) -> T:
+    """YAML file (optional) + dotted overrides -> validated config."""
+    data = read_yaml(path) if path else {}
+    data = merge(data, parse_overrides(overrides or []))
+    return build(cls, data, source=str(path) if path else "config")
+
+
+def load_any(path: str | Path, overrides: list[str] | None = None) -> Config:
+    """Load a YAML file as the config class its `kind` names (default: pretrain)."""
+    kind = read_yaml(path).get("kind", "pretrain")
+    kinds = config_kinds()
+    if kind not in kinds:
+        raise JepalabError(
+            f"{path}: kind: unknown config kind '{kind}' (choose from {', '.join(sorted(kinds))})"
+        )
+    return load(kinds[kind], path, overrides)
+
+
+def dump(cfg: Config) -> str:
+    """The resolved config as YAML (stable key order)."""
+    return yaml.safe_dump(json.loads(cfg.model_dump_json()), sort_keys=False)

@@ -1,0 +1,1 @@
+"""Encoders, predictors and world models."""

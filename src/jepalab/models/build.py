@@ -1,0 +1,98 @@
+"""Build encoders from config and load them back from checkpoints; the one pixel normalisation."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from jepalab.config import PretrainConfig, build
+from jepalab.errors import JepalabError
+from jepalab.models.conv import ConvEncoder
+from jepalab.models.vit import vit
+from jepalab.train.checkpoint import checkpoint_sha, load_checkpoint
+
+PIXEL_MEAN, PIXEL_STD = 0.5, 0.25
+
+
+def normalize_pixels(x: Tensor) -> Tensor:
+    """uint8 pixels, channels-first ([..., 3, H, W]) -> float input for every encoder."""
+    return (x.float() / 255.0 - PIXEL_MEAN) / PIXEL_STD
+
+
+def build_encoder(cfg: PretrainConfig) -> nn.Module:
+    m, d = cfg.model, cfg.data
+    if m.arch == "conv":
+        if d.frames > 1:
+            raise JepalabError(
+                "model.arch 'conv' is image-only; use 'vit' for video (data.frames > 1)"
+            )
+        return ConvEncoder(d.image_size, m.patch_size, embed_dim=m.embed_dim or 128)
+    return vit(
+        m.preset,
+        img_size=d.image_size,
+        patch_size=m.patch_size,
+        frames=d.frames,
+        tubelet=m.tubelet,
+        depth=m.depth,
+        embed_dim=m.embed_dim,
+        num_heads=m.num_heads,
+        grad_checkpointing=m.grad_checkpointing,
+    )
+
+
+class FrozenEncoder(nn.Module):
+    """A pretrained encoder for downstream use: uint8 pixels [B, H, W, 3] -> tokens / pooled."""
+
+    def __init__(self, encoder: nn.Module, sha256: str, config: dict[str, Any]) -> None:
+        super().__init__()
+        self.encoder = encoder.eval().requires_grad_(False)
+        self.sha256 = sha256
+        self.config = config
+
+    @property
+    def embed_dim(self) -> int:
+        return self.encoder.embed_dim
+
+    @property
+    def grid(self) -> tuple[int, ...]:
+        return self.encoder.grid
+
+    def forward(self, pixels: Tensor) -> Tensor:
+        """pixels uint8 [B, H, W, 3] (or [B, T, H, W, 3] for video) -> tokens [B, N, D]."""
+        return self.encoder(normalize_pixels(pixels.movedim(-1, -3)))
+
+    def pooled(self, pixels: Tensor) -> Tensor:
+        return self.forward(pixels).mean(1)
+
+
+def load_pretrain(path: str | Path) -> tuple[PretrainConfig, Any, nn.ModuleDict]:
+    """(config, objective, all modules) of a pretraining checkpoint, hashes verified."""
+    from jepalab.objectives import build_objective
+
+    manifest, tensors = load_checkpoint(path, names=("model",))
+    if manifest.get("kind") != "pretrain":
+        raise JepalabError(f"{path}: not a pretraining checkpoint (kind={manifest.get('kind')})")
+    cfg = build(PretrainConfig, manifest["config"], source=f"{path}/manifest.json")
+    objective = build_objective(cfg)
+    models = objective.build(build_encoder(cfg))
+    models.load_state_dict(tensors["model"])
+    return cfg, objective, models.eval()
+
+
+def load_encoder(path: str | Path) -> FrozenEncoder:
+    """The downstream encoder of a pretraining checkpoint (the EMA target for JEPA)."""
+    cfg, objective, models = load_pretrain(path)
+    return FrozenEncoder(
+        objective.eval_encoder(models), checkpoint_sha(path), cfg.model_dump(mode="json")
+    )
+
+
+def random_encoder(cfg: PretrainConfig, seed: int) -> FrozenEncoder:
+    """A random-init encoder of the same architecture (the 'no pretraining' baseline)."""
+    torch.manual_seed(seed)
+    sha = hashlib.sha256(f"random-init:{seed}:{cfg.model.model_dump_json()}".encode()).hexdigest()
+    return FrozenEncoder(build_encoder(cfg), sha, cfg.model_dump(mode="json"))

@@ -1,0 +1,268 @@
+"""Vision Transformer encoder and JEPA predictor (image and video, one code path).
+
+Tokens are patches (2-D) or tubelets (3-D); fixed sin-cos position embeddings; pre-norm blocks
+with `scaled_dot_product_attention`. Masked inputs are index lists into the flattened token grid
+plus a keep-mask for padding, so samples in a batch may keep different numbers of tokens.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+
+def sincos_1d(dim: int, pos: Tensor) -> Tensor:
+    """[N] positions -> [N, dim] (half sin, half cos)."""
+    omega = 1.0 / 10000 ** (torch.arange(dim // 2, dtype=torch.float64) / (dim / 2.0))
+    out = pos.double()[:, None] * omega[None]
+    return torch.cat([out.sin(), out.cos()], dim=1).float()
+
+
+def sincos_pos_embed(dim: int, grid: tuple[int, ...]) -> Tensor:
+    """Fixed sin-cos embeddings for a 2-D (H, W) or 3-D (T, H, W) grid -> [prod(grid), dim].
+
+    2-D: half the channels encode the row, half the column. 3-D: a quarter encodes time, and the
+    remaining channels split between row and column (each part a multiple of 2).
+    """
+    coords = torch.meshgrid(*[torch.arange(g) for g in grid], indexing="ij")
+    if len(grid) == 2:
+        dims = [dim // 2, dim - dim // 2]
+    else:
+        dt = (dim // 4) // 2 * 2
+        dh = ((dim - dt) // 2) // 2 * 2
+        dims = [dt, dh, dim - dt - dh]
+    parts = [sincos_1d(d, c.flatten()) for d, c in zip(dims, coords)]
+    return torch.cat(parts, dim=1)
+
+
+class PatchEmbed(nn.Module):
+    """[B, C, H, W] -> [B, N, D] (Conv2d) or [B, T, C, H, W] -> [B, N, D] (Conv3d over tubelets)."""
+
+    def __init__(self, in_chans: int, dim: int, patch: int, tubelet: int | None) -> None:
+        super().__init__()
+        self.video = tubelet is not None
+        if self.video:
+            k = (tubelet, patch, patch)
+            self.proj: nn.Module = nn.Conv3d(in_chans, dim, kernel_size=k, stride=k)
+        else:
+            self.proj = nn.Conv2d(in_chans, dim, kernel_size=patch, stride=patch)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.video:
+            x = rearrange(x, "b t c h w -> b c t h w")
+        return self.proj(x).flatten(2).transpose(1, 2)
+
+
+def key_mask(keep: Tensor | None) -> Tensor | None:
+    """[B, N] keep -> [B, 1, 1, N] bool mask (True = attend); None if nothing is padded."""
+    if keep is None or bool(keep.all()):
+        return None
+    return keep[:, None, None, :]
+
+
+class Attention(nn.Module):
+    def __init__(self, dim: int, heads: int, qkv_bias: bool = True) -> None:
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"embed dim {dim} is not divisible by {heads} heads")
+        self.heads = heads
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        q, k, v = rearrange(self.qkv(x), "b n (three h d) -> three b h n d", three=3, h=self.heads)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.proj(rearrange(out, "b h n d -> b n (h d)"))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.attn = Attention(dim, heads)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        hidden = int(dim * mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        x = x + self.attn(self.norm1(x), mask)
+        return x + self.mlp(self.norm2(x))
+
+
+class Transformer(nn.Module):
+    """A stack of blocks with optional activation checkpointing (for large presets)."""
+
+    def __init__(self, dim: int, depth: int, heads: int, mlp_ratio: float, ckpt: bool) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(Block(dim, heads, mlp_ratio) for _ in range(depth))
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.grad_checkpointing = ckpt
+
+    def forward(self, x: Tensor, mask: Tensor | None) -> Tensor:
+        for blk in self.blocks:
+            if self.grad_checkpointing and self.training:
+                x = checkpoint(blk, x, mask, use_reentrant=False)
+            else:
+                x = blk(x, mask)
+        return self.norm(x)
+
+
+def gather_tokens(x: Tensor, idx: Tensor) -> Tensor:
+    """x [B, N, D], idx [B, K] -> [B, K, D]."""
+    return torch.gather(x, 1, idx.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+
+
+def _init_weights(m: nn.Module) -> None:
+    if isinstance(m, nn.Linear):
+        nn.init.trunc_normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.LayerNorm):
+        nn.init.ones_(m.weight)
+        nn.init.zeros_(m.bias)
+
+
+class ViT(nn.Module):
+    """ViT encoder. `forward(x, idx=None, keep=None) -> tokens [B, N|K, D]`.
+
+    x: images [B, C, H, W], or clips [B, T, C, H, W] when built with `frames > 1`.
+    idx/keep: optional [B, K] token indices to keep (the context) and their padding mask.
+    """
+
+    def __init__(
+        self,
+        img_size: int = 64,
+        patch_size: int = 8,
+        in_chans: int = 3,
+        embed_dim: int = 192,
+        depth: int = 12,
+        num_heads: int = 3,
+        mlp_ratio: float = 4.0,
+        frames: int = 1,
+        tubelet: int = 2,
+        grad_checkpointing: bool = False,
+    ) -> None:
+        super().__init__()
+        self.embed_dim = embed_dim
+        side = img_size // patch_size
+        self.grid: tuple[int, ...] = (
+            (side, side) if frames == 1 else (frames // tubelet, side, side)
+        )
+        self.patch_embed = PatchEmbed(
+            in_chans, embed_dim, patch_size, None if frames == 1 else tubelet
+        )
+        self.register_buffer("pos_embed", sincos_pos_embed(embed_dim, self.grid), persistent=False)
+        self.trunk = Transformer(embed_dim, depth, num_heads, mlp_ratio, grad_checkpointing)
+        self.apply(_init_weights)
+        _rescale_blocks(self.trunk)
+
+    @property
+    def num_tokens(self) -> int:
+        return math.prod(self.grid)
+
+    def forward(self, x: Tensor, idx: Tensor | None = None, keep: Tensor | None = None) -> Tensor:
+        tokens = self.patch_embed(x) + self.pos_embed.to(x.dtype)
+        if idx is not None:
+            tokens = gather_tokens(tokens, idx)
+        return self.trunk(tokens, key_mask(keep))
+
+    encode = forward
+
+    def pooled(self, x: Tensor) -> Tensor:
+        """[B, D]: mean over tokens."""
+        return self.forward(x).mean(1)
+
+
+def _rescale_blocks(trunk: Transformer) -> None:
+    """Scale residual-branch outputs by depth (as in the ViT/I-JEPA init) for stable deep stacks."""
+    for i, blk in enumerate(trunk.blocks, start=1):
+        blk.attn.proj.weight.data.div_(math.sqrt(2.0 * i))
+        blk.mlp[2].weight.data.div_(math.sqrt(2.0 * i))
+
+
+class Predictor(nn.Module):
+    """JEPA predictor g(z_c, m_t): context tokens + mask tokens at the target positions.
+
+    forward(z [B, Nc, D], ctx_idx [B, Nc], ctx_keep [B, Nc], tgt_idx [B, M, Nt],
+            tgt_keep [B, M, Nt]) -> predicted target embeddings [B, M, Nt, D].
+    Each of the M target blocks is predicted in its own sequence (the blocks do not see each
+    other), as in I-JEPA.
+    """
+
+    def __init__(
+        self,
+        grid: tuple[int, ...],
+        embed_dim: int,
+        pred_dim: int = 96,
+        depth: int = 4,
+        num_heads: int = 4,
+        mlp_ratio: float = 4.0,
+    ) -> None:
+        super().__init__()
+        self.grid = grid
+        self.proj_in = nn.Linear(embed_dim, pred_dim)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, pred_dim))
+        self.register_buffer("pos_embed", sincos_pos_embed(pred_dim, grid), persistent=False)
+        self.trunk = Transformer(pred_dim, depth, num_heads, mlp_ratio, False)
+        self.proj_out = nn.Linear(pred_dim, embed_dim)
+        self.apply(_init_weights)
+        nn.init.trunc_normal_(self.mask_token, std=0.02)
+        _rescale_blocks(self.trunk)
+
+    def forward(
+        self, z: Tensor, ctx_idx: Tensor, ctx_keep: Tensor, tgt_idx: Tensor, tgt_keep: Tensor
+    ) -> Tensor:
+        b, m, nt = tgt_idx.shape
+        pos = self.pos_embed.to(z.dtype)
+        ctx = self.proj_in(z) + pos[ctx_idx]
+        ctx = ctx.repeat_interleave(m, dim=0)  # [B*M, Nc, P]
+        tgt = self.mask_token + pos[tgt_idx.reshape(b * m, nt)]  # [B*M, Nt, P]
+        keep = torch.cat([ctx_keep.repeat_interleave(m, dim=0), tgt_keep.reshape(b * m, nt)], 1)
+        out = self.trunk(torch.cat([ctx, tgt], dim=1), key_mask(keep))
+        return self.proj_out(out[:, ctx.shape[1] :]).reshape(b, m, nt, -1)
+
+
+# ---------------------------------------------------------------- presets
+
+
+@dataclass(frozen=True)
+class Preset:
+    embed_dim: int
+    depth: int
+    num_heads: int
+    mlp_ratio: float = 4.0
+
+
+# The I-JEPA family (vit_tiny ... vit_giant) plus a micro size for tests.
+PRESETS: dict[str, Preset] = {
+    "micro": Preset(64, 2, 2),
+    "tiny": Preset(192, 12, 3),
+    "small": Preset(384, 12, 6),
+    "base": Preset(768, 12, 12),
+    "large": Preset(1024, 24, 16),
+    "huge": Preset(1280, 32, 16),
+    "giant": Preset(1408, 40, 16, 48 / 11),
+}
+
+
+def vit(preset: str, **kwargs) -> ViT:
+    """The one builder: `vit("tiny", img_size=224, patch_size=16)`; kwargs override the preset."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown ViT preset '{preset}' (choose from {', '.join(PRESETS)})")
+    p = PRESETS[preset]
+    args = {
+        "embed_dim": p.embed_dim,
+        "depth": p.depth,
+        "num_heads": p.num_heads,
+        "mlp_ratio": p.mlp_ratio,
+    }
+    args.update({k: v for k, v in kwargs.items() if v is not None})
+    return ViT(**args)

@@ -1,0 +1,8 @@
+"""Pretraining objectives: one interface, chosen by name in the config."""
+
+from jepalab.objectives.base import OBJECTIVES, Batch, Objective, build_objective, register
+
+__all__ = ["OBJECTIVES", "Batch", "Objective", "build_objective", "register"]
+
+# Importing the modules registers them.
+from jepalab.objectives import jepa as _jepa  # noqa: E402,F401

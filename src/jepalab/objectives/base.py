@@ -1,0 +1,84 @@
+"""The objective interface shared by JEPA and the baselines.
+
+An objective builds the modules it needs around a given encoder, computes
+`loss(batch, models) -> (loss, metrics)`, and may update non-trained modules after each
+optimizer step (the EMA target encoder). The trainer, encoder and data never change with it.
+Adding an objective = one module with a class decorated by `@register`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from jepalab.config import ObjectiveConfig, PretrainConfig
+from jepalab.errors import JepalabError
+from jepalab.masks.base import MaskSet
+
+
+@dataclass
+class Batch:
+    """x: images [B, C, H, W] or clips [B, T, C, H, W], float, normalised.
+    masks: mask sets for this batch (empty for objectives that need none).
+    generator: this step's generator (augmentations); monitor: compute collapse statistics.
+    actions [B, T-1, A] and states [B, T, S]: present for transition data (world models)."""
+
+    x: Tensor
+    masks: list[MaskSet]
+    generator: torch.Generator
+    monitor: bool = False
+    actions: Tensor | None = None
+    states: Tensor | None = None
+
+
+class Objective:
+    name: ClassVar[str] = ""
+    needs_masks: ClassVar[bool] = True
+
+    def __init__(self, cfg: ObjectiveConfig, run: PretrainConfig) -> None:
+        self.cfg = cfg
+        self.run = run
+
+    def build(self, encoder: nn.Module) -> nn.ModuleDict:
+        """All modules of this objective; must include 'encoder'."""
+        raise NotImplementedError
+
+    def trainable(self, models: nn.ModuleDict) -> list[str]:
+        """Names of the modules the optimizer trains."""
+        return list(models.keys())
+
+    def loss(self, batch: Batch, models: nn.ModuleDict) -> tuple[Tensor, dict[str, float]]:
+        raise NotImplementedError
+
+    def after_step(self, models: nn.ModuleDict, step: int, total_steps: int) -> dict[str, float]:
+        """Called after each optimizer step (step = number of steps done); returns metrics."""
+        return {}
+
+    def eval_encoder(self, models: nn.ModuleDict) -> nn.Module:
+        """The encoder downstream tasks should use."""
+        return models["encoder"]
+
+
+OBJECTIVES: dict[str, type[Objective]] = {}
+
+
+def register(cls: type[Objective]) -> type[Objective]:
+    OBJECTIVES[cls.name] = cls
+    return cls
+
+
+def build_objective(run: PretrainConfig) -> Objective:
+    name = run.objective.name
+    if name not in OBJECTIVES:
+        known = ", ".join(sorted(OBJECTIVES))
+        raise JepalabError(f"objective.name: unknown objective '{name}' (choose from {known})")
+    return OBJECTIVES[name](run.objective, run)
+
+
+def masked_mean(values: Tensor, keep: Tensor) -> Tensor:
+    """Mean of values [...] over positions where keep [...] is True."""
+    w = keep.to(values.dtype)
+    return (values * w).sum() / w.sum().clamp_min(1.0)

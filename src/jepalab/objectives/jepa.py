@@ -1,0 +1,101 @@
+"""The JEPA objective.
+
+    z_c = f_θ(x_c),  ẑ_t = g_θ(z_c, m_t),  z_t = sg(f_ξ(x_t)),  L = mean ‖ẑ_t − z_t‖²
+
+
+f_ξ is an exponential moving average of f_θ; its momentum is a pure function of the step number
+(default 0.996 → 1.0, linear), so a resumed run needs no replay of a schedule generator.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from jepalab.models.vit import Predictor, gather_tokens
+from jepalab.objectives.base import Batch, Objective, masked_mean, register
+from jepalab.train.monitors import collapse_stats
+
+
+def ema_momentum(step: int, total_steps: int, start: float, end: float) -> float:
+    """Linear momentum schedule evaluated at `step` (0-based count of completed steps)."""
+    frac = min(max(step / max(total_steps, 1), 0.0), 1.0)
+    return start + (end - start) * frac
+
+
+@torch.no_grad()
+def ema_update(target: nn.Module, online: nn.Module, momentum: float) -> None:
+    """ξ ← m ξ + (1 − m) θ, over all parameters at once."""
+    t = [p for p in target.parameters()]
+    o = [p.detach() for p in online.parameters()]
+    torch._foreach_mul_(t, momentum)
+    torch._foreach_add_(t, o, alpha=1.0 - momentum)
+
+
+def latent_distance(pred: Tensor, target: Tensor, kind: str) -> Tensor:
+    """Per-token distance averaged over the embedding dimension: [..., D] -> [...]."""
+    if kind == "l2":
+        return (pred - target).pow(2).mean(-1)
+    if kind == "l1":
+        return (pred - target).abs().mean(-1)
+    return F.smooth_l1_loss(pred, target, reduction="none").mean(-1)
+
+
+@register
+class JEPA(Objective):
+    name = "jepa"
+
+    def build(self, encoder: nn.Module) -> nn.ModuleDict:
+        m = self.run.model
+        predictor = Predictor(
+            encoder.grid, encoder.embed_dim, m.pred_dim, m.pred_depth, m.pred_heads
+        )
+        target = copy.deepcopy(encoder)
+        target.requires_grad_(False)
+        return nn.ModuleDict({"encoder": encoder, "predictor": predictor, "target_encoder": target})
+
+    def trainable(self, models: nn.ModuleDict) -> list[str]:
+        return ["encoder", "predictor"]
+
+    def pairs(self, batch: Batch, models: nn.ModuleDict) -> list[tuple[Tensor, Tensor, Tensor]]:
+        """For each mask set: (predicted [B, M, Nt, D], target [B, M, Nt, D], keep [B, M, Nt])."""
+        with torch.no_grad():
+            h = models["target_encoder"](batch.x)  # [B, N, D]
+            if self.cfg.target_layernorm:
+                h = F.layer_norm(h, h.shape[-1:])
+        out = []
+        for ms in batch.masks:
+            z = models["encoder"](batch.x, ms.context_idx, ms.context_keep)
+            pred = models["predictor"](
+                z, ms.context_idx, ms.context_keep, ms.target_idx, ms.target_keep
+            )
+            b, m, nt = ms.target_idx.shape
+            tgt = gather_tokens(h, ms.target_idx.reshape(b, m * nt)).reshape(b, m, nt, -1)
+            out.append((pred, tgt, ms.target_keep))
+        self._last_targets = h
+        return out
+
+    def loss(self, batch: Batch, models: nn.ModuleDict) -> tuple[Tensor, dict[str, float]]:
+        pairs = self.pairs(batch, models)
+        losses = [
+            masked_mean(latent_distance(p.float(), t.float(), self.cfg.loss), k)
+            for p, t, k in pairs
+        ]
+        loss = torch.stack(losses).mean()
+        metrics = {"loss": float(loss.detach())}
+        if batch.monitor:
+            preds = torch.cat([p[k].detach().float() for p, _, k in pairs])
+            tgts = torch.cat([t[k].float() for _, t, k in pairs])
+            metrics.update(collapse_stats(self._last_targets.detach().float(), preds, tgts))
+        return loss, metrics
+
+    def after_step(self, models: nn.ModuleDict, step: int, total_steps: int) -> dict[str, float]:
+        m = ema_momentum(step, total_steps, *self.cfg.ema)
+        ema_update(models["target_encoder"], models["encoder"], m)
+        return {"ema": m}
+
+    def eval_encoder(self, models: nn.ModuleDict) -> nn.Module:
+        return models["target_encoder"]

@@ -1,0 +1,1 @@
+"""Training: plain step functions, schedules, checkpoints, monitors."""

@@ -1,0 +1,325 @@
+"""Pretraining: plain step functions and one short orchestrating loop.
+
+All randomness of step s (batch indices, masks, augmentations) comes from generators seeded by
+(seed, s), and every schedule is a function of s, so a resumed run replays nothing and produces
+the same losses, step for step, as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from jepalab.config import PretrainConfig, TrainConfig, dump
+from jepalab.data.images import ImageFolderDataset, ShapesDataset
+from jepalab.errors import JepalabError
+from jepalab.io import atomic_write_text
+from jepalab.masks import build_mask_policy
+from jepalab.models.build import build_encoder, normalize_pixels
+from jepalab.objectives import Batch, Objective, build_objective
+from jepalab.train.checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    optimizer_tensors,
+    prune_checkpoints,
+    restore_optimizer,
+    save_checkpoint,
+)
+from jepalab.train.monitors import collapse_warning
+from jepalab.train.schedules import lr_at, wd_at
+
+
+def step_generator(seed: int, step: int, salt: int) -> torch.Generator:
+    return torch.Generator().manual_seed((seed * 1_000_003 + step) * 16 + salt)
+
+
+def batch_indices(step: int, batch_size: int, n: int, seed: int) -> list[int]:
+    """Indices of step `step`: consecutive slices of per-epoch permutations (no replacement)."""
+    pos = torch.arange(step * batch_size, (step + 1) * batch_size)
+    out = torch.empty_like(pos)
+    for epoch in pos.div(n, rounding_mode="floor").unique().tolist():
+        perm = torch.randperm(n, generator=step_generator(seed, epoch, 1))
+        sel = pos // n == epoch
+        out[sel] = perm[pos[sel] % n]
+    return out.tolist()
+
+
+class StepBatches:
+    """A batch sampler yielding the index lists of steps start..total-1."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, start: int, total: int) -> None:
+        self.n, self.bs, self.seed, self.start, self.total = n, batch_size, seed, start, total
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for s in range(self.start, self.total):
+            yield batch_indices(s, self.bs, self.n, self.seed)
+
+    def __len__(self) -> int:
+        return self.total - self.start
+
+
+def make_dataset(cfg: PretrainConfig) -> Dataset:
+    d = cfg.data
+    if d.source == "shapes":
+        return ShapesDataset(d.num_images, d.image_size, seed=cfg.seed)
+    if d.source == "folder":
+        return ImageFolderDataset(d.path, d.image_size, skip_bad=d.skip_bad)
+    from jepalab.data.loaders import ClipDataset, FrameDataset
+    from jepalab.data.store import TrajectoryStore
+
+    store = TrajectoryStore.open(d.path)
+    if store.image_shape[0] != d.image_size:
+        raise JepalabError(
+            f"data.image_size ({d.image_size}) differs from the dataset's frames "
+            f"({store.image_shape[0]}) in {d.path}"
+        )
+    return (
+        ClipDataset(store, frames=d.frames, stride=d.stride)
+        if d.frames > 1
+        else FrameDataset(store)
+    )
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise JepalabError("device: 'cuda' requested but no CUDA device is available")
+    return torch.device(name)
+
+
+def make_optimizer(models: nn.ModuleDict, names: list[str], lr: float) -> torch.optim.AdamW:
+    """AdamW with norms, biases (and other 1-D parameters) excluded from weight decay."""
+    decay, no_decay = [], []
+    for name in names:
+        for p in models[name].parameters():
+            if p.requires_grad:
+                (decay if p.ndim >= 2 else no_decay).append(p)
+    groups = [
+        {"params": decay, "decay": True},
+        {"params": no_decay, "weight_decay": 0.0, "decay": False},
+    ]
+    return torch.optim.AdamW(groups, lr=lr)
+
+
+def set_schedules(opt: torch.optim.Optimizer, step: int, cfg: TrainConfig) -> tuple[float, float]:
+    lr, wd = lr_at(step, cfg.steps, cfg.optim), wd_at(step, cfg.steps, cfg.optim)
+    for g in opt.param_groups:
+        g["lr"] = lr
+        if g["decay"]:
+            g["weight_decay"] = wd
+    return lr, wd
+
+
+def train_step(
+    models: nn.ModuleDict,
+    objective: Objective,
+    opt: torch.optim.Optimizer,
+    batch: Batch,
+    cfg: TrainConfig,
+) -> dict[str, float]:
+    """One optimizer step: forward under autocast, backward, clip, AdamW."""
+    models.train()
+    dev = batch.x.device.type
+    with torch.autocast(dev, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
+        loss, metrics = objective.loss(batch, models)
+    if not math.isfinite(metrics["loss"]):
+        raise JepalabError(f"loss is {metrics['loss']} — training diverged (lower optim.lr?)")
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if cfg.optim.clip_grad:
+        params = [p for g in opt.param_groups for p in g["params"]]
+        metrics["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, cfg.optim.clip_grad))
+    opt.step()
+    return metrics
+
+
+def make_batch(
+    item: torch.Tensor | dict[str, torch.Tensor],
+    step: int,
+    cfg: TrainConfig,
+    policy: Any,
+    device: torch.device,
+) -> Batch:
+    """A loader item (uint8 pixels, or a transition dict with obs/actions/states) -> Batch."""
+    x = item if isinstance(item, torch.Tensor) else item["obs"]
+    extra = (
+        {}
+        if isinstance(item, torch.Tensor)
+        else {k: item[k].to(device, non_blocking=True) for k in ("actions", "states") if k in item}
+    )
+    gen = step_generator(cfg.seed, step, 2)
+    masks = policy.sample(gen, x.shape[0]) if policy is not None else []
+    return Batch(
+        x=normalize_pixels(x).to(device, non_blocking=True),
+        masks=[m.to(device) for m in masks],
+        generator=gen,
+        monitor=(step + 1) % cfg.monitor_every == 0,
+        **extra,
+    )
+
+
+class MetricsLog:
+    """Append-only JSONL of metrics; on resume, rows past the checkpoint are dropped first."""
+
+    def __init__(self, path: Path, resume_step: int) -> None:
+        self.path = path
+        if path.exists():
+            rows = [
+                ln
+                for ln in path.read_text().splitlines()
+                if ln.strip() and json.loads(ln).get("step", 0) <= resume_step
+            ]
+            atomic_write_text(path, "".join(r + "\n" for r in rows))
+        self.f = open(path, "a")  # noqa: SIM115 (held open for the run)
+
+    def write(self, row: dict[str, Any]) -> None:
+        self.f.write(json.dumps(row) + "\n")
+        self.f.flush()
+
+    def close(self) -> None:
+        self.f.close()
+
+
+def save(
+    run_dir: Path,
+    step: int,
+    models: nn.ModuleDict,
+    opt: torch.optim.Optimizer,
+    cfg: TrainConfig,
+    meta: dict[str, Any],
+) -> Path:
+    otensors, ometa = optimizer_tensors(opt)
+    meta = {
+        "kind": cfg.kind,
+        "step": step,
+        "config": json.loads(cfg.model_dump_json()),
+        **meta,
+        "optimizer": {"file": "optim.safetensors", **ometa},
+        "rng": {"scheme": "per-step generators seeded by (seed, step)", "seed": cfg.seed},
+    }
+    path = save_checkpoint(
+        run_dir / "checkpoints" / f"step_{step:07d}",
+        {"model": dict(models.state_dict()), "optim": otensors},
+        meta,
+    )
+    prune_checkpoints(run_dir, cfg.keep_ckpts)
+    return path
+
+
+def fit(
+    cfg: TrainConfig,
+    objective: Objective,
+    models: nn.ModuleDict,
+    dataset: Dataset,
+    policy: Any,
+    meta: dict[str, Any],
+    resume: bool = False,
+    progress: bool = True,
+    tracker: Any = None,
+    workers: int = 0,
+) -> Path:
+    """The one training loop (pretraining and world models); returns the final checkpoint."""
+    run_dir = Path(cfg.out_dir)
+    last = latest_checkpoint(run_dir)
+    if last is not None and not resume:
+        raise JepalabError(
+            f"out_dir '{run_dir}' already has checkpoints; pass --resume to continue "
+            "or choose another --out_dir"
+        )
+    device = pick_device(cfg.device)
+    models.to(device)
+    opt = make_optimizer(models, objective.trainable(models), cfg.optim.lr)
+    start = 0
+    if resume and last is not None:
+        manifest, tensors = load_checkpoint(last)
+        if manifest["config"] != json.loads(cfg.model_dump_json()):
+            raise JepalabError(f"--resume: the config differs from the one in {last}/manifest.json")
+        models.load_state_dict(tensors["model"])
+        restore_optimizer(opt, tensors["optim"], manifest["optimizer"])
+        start = manifest["step"]
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / "config.yaml", dump(cfg))
+    log = MetricsLog(run_dir / "metrics.jsonl", start)
+    loader = DataLoader(
+        dataset,
+        batch_sampler=StepBatches(len(dataset), cfg.batch_size, cfg.seed, start, cfg.steps),
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+    )
+    bar = tqdm(total=cfg.steps, initial=start, disable=not progress, desc=cfg.kind, unit="step")
+    path, warned, t0 = last, False, time.perf_counter()
+    try:
+        for step, item in enumerate(loader, start=start):
+            lr, wd = set_schedules(opt, step, cfg)
+            batch = make_batch(item, step, cfg, policy, device)
+            metrics = train_step(models, objective, opt, batch, cfg)
+            metrics.update(objective.after_step(models, step + 1, cfg.steps))
+            dt, t0 = time.perf_counter() - t0, time.perf_counter()
+            row = {
+                "step": step + 1,
+                "lr": lr,
+                "wd": wd,
+                "samples_per_s": batch.x.shape[0] / dt,
+                **metrics,
+            }
+            log.write(row)
+            if tracker is not None:
+                tracker.log_metrics({k: v for k, v in row.items() if k != "step"}, step + 1)
+            if "rankme" in metrics and (
+                msg := collapse_warning(metrics, models["encoder"].embed_dim)
+            ):
+                bar.write(f"warning (step {step + 1}): {msg}")
+                warned = True
+            bar.set_postfix(
+                loss=f"{metrics['loss']:.4f}", lr=f"{lr:.2e}", per_s=f"{row['samples_per_s']:.0f}"
+            )
+            bar.update(1)
+            if (step + 1) % cfg.ckpt_every == 0 or step + 1 == cfg.steps:
+                path = save(run_dir, step + 1, models, opt, cfg, meta)
+    finally:
+        bar.close()
+        log.close()
+    if warned:
+        print("warning: collapse monitors fired during training; see metrics.jsonl")
+    if path is None:
+        raise JepalabError(f"{run_dir}: nothing to train (steps={cfg.steps})")
+    return path
+
+
+def pretrain(
+    cfg: PretrainConfig, resume: bool = False, progress: bool = True, tracker: Any = None
+) -> Path:
+    """Pretrain an encoder per `cfg`; returns the final checkpoint directory."""
+    dataset = make_dataset(cfg)
+    torch.manual_seed(cfg.seed)
+    objective = build_objective(cfg)
+    models = objective.build(build_encoder(cfg))
+    policy = None
+    if objective.needs_masks and cfg.mask.kind != "none":
+        policy = build_mask_policy(cfg.mask.kind, models["encoder"].grid, **cfg.mask.params)
+    meta = {
+        "data_fingerprint": dataset.fingerprint(),
+        "mask_policy": policy.config if policy is not None else None,
+    }
+    return fit(
+        cfg,
+        objective,
+        models,
+        dataset,
+        policy,
+        meta,
+        resume,
+        progress,
+        tracker,
+        workers=cfg.data.workers,
+    )

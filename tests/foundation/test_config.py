@@ -1,0 +1,59 @@
+from pathlib import Path
+
+import pytest
+
+from jepalab.cli import main
+from jepalab.config import PretrainConfig, load, parse_overrides
+from jepalab.errors import JepalabError
+
+CONFIGS = sorted((Path(__file__).parents[2] / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_every_shipped_config_loads(path):
+    from jepalab.config import Config, load_any, read_yaml
+
+    cfg = load_any(path)
+    assert isinstance(cfg, Config)
+    assert cfg.kind == read_yaml(path).get("kind", "pretrain")
+
+
+def test_dotted_overrides_parse_and_apply(tmp_path):
+    assert parse_overrides(["--model.depth=4", "--optim.lr", "5e-4", "--precision=bf16"]) == {
+        "model": {"depth": 4},
+        "optim": {"lr": 5e-4},
+        "precision": "bf16",
+    }
+    cfg = load(PretrainConfig, CONFIGS[0], ["--model.depth=2", "--optim.lr=5e-4"])
+    assert cfg.model.depth == 2 and cfg.optim.lr == 5e-4
+
+
+@pytest.mark.parametrize(
+    "override, fragment",
+    [
+        (["--model.dept=4"], "model.dept: unknown field (allowed: arch, preset"),
+        (["--model.arch=resnet"], "model.arch: Input should be 'vit' or 'conv'"),
+        (["--steps=abc"], "steps: Input should be a valid integer"),
+        (["--model.patch_size=7"], "must be divisible by model.patch_size (7)"),
+        (["--optim.warmup_steps=1000", "--steps=10"], "optim.warmup_steps (1000) must be < steps"),
+    ],
+)
+def test_config_errors_name_the_field(override, fragment):
+    with pytest.raises(JepalabError, match=None) as err:
+        load(PretrainConfig, None, override)
+    assert fragment in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_cli_bad_config_exits_2_and_writes_nothing(tmp_path, capsys):
+    out = tmp_path / "run"
+    rc = main(["pretrain", str(CONFIGS[0]), f"--out_dir={out}", "--model.dept=3"])
+    assert rc == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "model.dept: unknown field" in err[0]
+    assert not out.exists()
+
+
+def test_missing_config_file_is_one_line(tmp_path):
+    with pytest.raises(JepalabError, match="config file not found"):
+        load(PretrainConfig, tmp_path / "nope.yaml")
