@@ -280,3 +280,33 @@ def load_any(path: str | Path, overrides: list[str] | None = None) -> Config:
 def dump(cfg: Config) -> str:
     """The resolved config as YAML (stable key order)."""
     return yaml.safe_dump(json.loads(cfg.model_dump_json()), sort_keys=False)
+
+
+# ---------------------------------------------------------------- world models
+
+
+class TransitionDataConfig(Config):
+    path: str = Field(..., description="trajectory dataset directory (jepalab collect)")
+    val_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="episodes held out")
+    workers: int = Field(0, ge=0)
+
+
+class PredictorConfig(Config):
+    arch: Literal["transformer", "mlp"] = "mlp"
+    depth: int = Field(4, ge=1)
+    dim: int = Field(256, ge=8)
+    heads: int = Field(4, ge=1)
+    use_state: bool = Field(False, description="add a proprioceptive/state token per frame")
+
+
+class WorldModelConfig(TrainConfig):
+    """An action-conditioned latent predictor trained on top of a frozen encoder."""
+
+    kind: Literal["worldmodel"] = "worldmodel"
+    out_dir: str = "runs/worldmodel"
+    encoder: str = Field(..., description="pretraining checkpoint directory (frozen)")
+    data: TransitionDataConfig
+    predictor: PredictorConfig = Field(default_factory=PredictorConfig)
+    rollout_steps: int = Field(2, ge=1, description="k of the k-step autoregressive loss")
+    loss: Literal["l1", "l2", "smooth_l1"] = "l1"
+    rollout_weight: float = Field(1.0, ge=0.0)
