@@ -1,0 +1,221 @@
+"""Two-rooms navigation (the PLDM / eb_jepa task): a point agent, a wall with a door.
+
+Arena [0, 1]^2 with x to the right and y downwards (y = image row / image_size). A vertical
+wall of thickness 0.04 at ``wall_x`` has a door of width ``door_width`` centred at ``door_y``.
+Defaults: wall_x = 0.5, door_y = 0.5 (fixed); ``random_wall=True`` draws wall_x in
+[0.35, 0.65] and door_y in [0.2, 0.8] per episode.
+
+Task: the agent (radius 0.03) starts in one room and the goal lies in the *other* room, so every
+episode needs the door. Action = 2-D displacement, ``action * max_step`` (max_step = 0.05 of
+the arena per axis). The wall blocks the agent's disc; it slides along it. Success: agent
+centre within ``success_radius`` = 0.05 of the goal. ``distance`` is the Euclidean distance.
+
+State: [agent_x, agent_y, wall_x, door_y]. Rendering is pure numpy: the floor and wall are
+drawn once per episode, the agent (and moving distractors) are stamped per frame.
+
+Perturbations (each drawn per episode from its own generator):
+lighting_shift: brightness / contrast / hue of the whole palette; color_shift: floor, wall and
+agent colours blended towards random colours; distractors: 1/3/5 coloured discs or squares
+drifting across the view (drawn, never colliding); camera_shift: view translation, rotation
+and zoom; physics_shift: per-axis agent speed factor; occlusion, action_noise: see base.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from jepalab.envs import raster
+from jepalab.envs.base import SceneEnv
+from jepalab.envs.perturb import Perturbation
+from jepalab.envs.view2d import Conditions2D
+
+_FLOOR = np.array([0.80, 0.77, 0.70])
+_WALL = np.array([0.22, 0.25, 0.32])
+_AGENT = np.array([0.86, 0.22, 0.16])
+
+
+class TwoRoomsEnv(SceneEnv):
+    scene_name = "two-rooms"
+    supported_perturbations = (
+        "lighting_shift",
+        "distractors",
+        "camera_shift",
+        "occlusion",
+        "color_shift",
+        "physics_shift",
+        "action_noise",
+    )
+    default_max_episode_steps = 100
+
+    def __init__(
+        self,
+        *,
+        image_size: int = 64,
+        perturbation: Perturbation | None = None,
+        max_episode_steps: int | None = None,
+        terminate_on_success: bool = True,
+        render_mode: str | None = "rgb_array",
+        random_wall: bool = False,
+        wall_x: float = 0.5,
+        door_y: float = 0.5,
+        door_width: float = 0.2,
+        max_step: float = 0.05,
+        agent_radius: float = 0.03,
+        success_radius: float = 0.05,
+        expert_noise: float = 0.1,
+    ) -> None:
+        super().__init__(
+            action_dim=2,
+            state_low=np.zeros(4),
+            state_high=np.ones(4),
+            image_size=image_size,
+            perturbation=perturbation,
+            max_episode_steps=max_episode_steps,
+            terminate_on_success=terminate_on_success,
+            render_mode=render_mode,
+        )
+        if not 0.3 <= wall_x <= 0.7 or not 0.15 <= door_y <= 0.85:
+            raise ValueError(
+                "two-rooms: wall_x must be in [0.3, 0.7] and door_y in [0.15, 0.85], "
+                f"got {wall_x}, {door_y}"
+            )
+        if not 2.5 * agent_radius <= door_width <= 0.5:
+            raise ValueError(
+                f"two-rooms: door_width must be in [{2.5 * agent_radius}, 0.5], got {door_width}"
+            )
+        self.random_wall = bool(random_wall)
+        self.default_wall = (float(wall_x), float(door_y))
+        self.door_width = float(door_width)
+        self.wall_thickness = 0.04
+        self.max_step = float(max_step)
+        self.agent_radius = float(agent_radius)
+        self.success_radius = float(success_radius)
+        self.expert_noise = float(expert_noise)
+        self.state_names = ["agent_x", "agent_y", "wall_x", "door_y"]
+        self.wall_x, self.door_y = self.default_wall
+        self.agent = np.zeros(2)
+        self.goal = np.zeros(2)
+        self.goal_state = np.zeros(4, np.float32)
+
+    # ------------------------------------------------------------------ layout and dynamics
+
+    def _slab(self) -> tuple[float, float, float, float]:
+        """Wall slab inflated by the agent radius (x range) and the allowed door band (y)."""
+        hw, r, hd = self.wall_thickness / 2, self.agent_radius, self.door_width / 2
+        return (
+            self.wall_x - hw - r,
+            self.wall_x + hw + r,
+            self.door_y - hd + r,
+            self.door_y + hd - r,
+        )
+
+    def _room_point(self, rng: np.random.Generator, side: int) -> np.ndarray:
+        xl, xr, _, _ = self._slab()
+        m = self.agent_radius + 0.03
+        lo, hi = (m, xl - 0.03) if side < 0 else (xr + 0.03, 1 - m)
+        return np.array([rng.uniform(lo, hi), rng.uniform(m, 1 - m)])
+
+    def _reset_scene(self, layout_rng: np.random.Generator) -> None:
+        wall = (layout_rng.uniform(0.35, 0.65), layout_rng.uniform(0.2, 0.8))
+        side = int(layout_rng.choice([-1, 1]))
+        self.wall_x, self.door_y = wall if self.random_wall else self.default_wall
+        self.agent = self._room_point(layout_rng, side)
+        self.goal = self._room_point(layout_rng, -side)
+        self.goal_state = np.array([*self.goal, self.wall_x, self.door_y], np.float32)
+        assert self.episode_seed is not None
+        self._cond = Conditions2D.sample(
+            self.perturbation,
+            self.episode_seed,
+            np.stack([_FLOOR, _WALL, _AGENT]),
+            self.image_size,
+            0.045,
+        )
+        self._background = self._draw_background()
+
+    def _move(self, p: np.ndarray, d: np.ndarray) -> np.ndarray:
+        """Move the agent disc from p by d, blocked by walls (it slides along them)."""
+        xl, xr, dl, dh = self._slab()
+        r = self.agent_radius
+        # Sub-steps shorter than half the slab so a fast agent cannot tunnel through the wall.
+        k = max(1, int(np.ceil(np.abs(d).max() / (0.5 * (xr - xl)))))
+        for _ in range(k):
+            q = np.clip(p + d / k, r, 1 - r)
+            if xl < p[0] < xr:  # inside the door corridor: its sides bound y
+                q[1] = np.clip(q[1], dl, dh)
+            elif (p[0] <= xl < q[0]) or (q[0] < xr <= p[0]):
+                bx = xl if p[0] <= xl else xr
+                y_cross = p[1] + (bx - p[0]) / (q[0] - p[0]) * (q[1] - p[1])
+                if dl <= y_cross <= dh:
+                    q[1] = np.clip(q[1], dl, dh)
+                else:
+                    q[0] = bx
+            p = q
+        return p
+
+    def _apply_action(self, action: np.ndarray) -> None:
+        self.agent = self._move(
+            self.agent, action.astype(np.float64) * self.max_step * self._cond.physics
+        )
+
+    def _state(self) -> np.ndarray:
+        return np.array([*self.agent, self.wall_x, self.door_y], np.float32)
+
+    def _distance(self) -> float:
+        return float(np.linalg.norm(self.agent - self.goal))
+
+    def set_agent(self, xy: np.ndarray) -> None:
+        """Place the agent (tests / hand-built states). No collision check."""
+        self.agent = np.asarray(xy, np.float64).copy()
+
+    # ------------------------------------------------------------------ expert
+
+    def expert_action(self, rng: np.random.Generator) -> np.ndarray:
+        """Go to the front of the door, through it, then straight to the goal; plus noise."""
+        xl, xr, dl, dh = self._slab()
+        x, y = self.agent
+        goal_side = -1 if self.goal[0] < self.wall_x else 1
+        side = 0 if xl < x < xr else (-1 if x <= xl else 1)
+        clear = 0.06
+        if side == goal_side:
+            target = self.goal
+        elif side == 0 or abs(y - self.door_y) < 0.5 * (dh - dl) / 2:
+            target = np.array([(xr + clear) if goal_side > 0 else (xl - clear), self.door_y])
+        else:
+            target = np.array([(xl - clear) if side < 0 else (xr + clear), self.door_y])
+        a = np.clip((target - self.agent) / self.max_step, -1.0, 1.0)
+        a = a + rng.normal(0.0, self.expert_noise, size=2)
+        return np.clip(a, -1.0, 1.0).astype(np.float32)
+
+    # ------------------------------------------------------------------ rendering
+
+    def _draw_background(self) -> np.ndarray:
+        n = self.image_size
+        img = np.empty((n, n, 3), np.float32)
+        img[:] = self._cond.colors[0]
+        hw, hd = self.wall_thickness / 2, self.door_width / 2
+        x0, x1 = (self.wall_x - hw) * n, (self.wall_x + hw) * n
+        for y0, y1 in ((-1.0, (self.door_y - hd) * n), ((self.door_y + hd) * n, n + 1.0)):
+            rect = np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]])
+            raster.blend(img, *raster.convex_coverage(rect, n, n), self._cond.colors[1])
+        return img
+
+    def _frame(self, agent: np.ndarray, t: int) -> np.ndarray:
+        n = self.image_size
+        img = self._background.copy()
+        self._cond.draw_distractors(img, t)
+        cov = raster.disc_coverage(agent[0] * n, agent[1] * n, self.agent_radius * n, n, n)
+        raster.blend(img, *cov, self._cond.colors[2])
+        return self._cond.finish(img)
+
+    def _render_pixels(self) -> np.ndarray:
+        return self._frame(self.agent, self.elapsed_steps)
+
+    def render_goal(self) -> np.ndarray:
+        if self.episode_seed is None:
+            raise RuntimeError("two-rooms: call reset() before render_goal()")
+        return self._frame(self.goal, 0)
+
+    def _extra_info(self) -> dict[str, Any]:
+        return {"goal": self.goal.astype(np.float32)}
