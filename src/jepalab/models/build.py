@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
 from jepalab.config import PretrainConfig, build
@@ -89,10 +87,3 @@ def load_encoder(path: str | Path) -> FrozenEncoder:
     return FrozenEncoder(
         objective.eval_encoder(models), checkpoint_sha(path), cfg.model_dump(mode="json")
     )
-
-
-def random_encoder(cfg: PretrainConfig, seed: int) -> FrozenEncoder:
-    """A random-init encoder of the same architecture (the 'no pretraining' baseline)."""
-    torch.manual_seed(seed)
-    sha = hashlib.sha256(f"random-init:{seed}:{cfg.model.model_dump_json()}".encode()).hexdigest()
-    return FrozenEncoder(build_encoder(cfg), sha, cfg.model_dump(mode="json"))

@@ -296,10 +296,7 @@ def fit(
     return path
 
 
-def pretrain(
-    cfg: PretrainConfig, resume: bool = False, progress: bool = True, tracker: Any = None
-) -> Path:
-    """Pretrain an encoder per `cfg`; returns the final checkpoint directory."""
+def _pretrain_setup(cfg: PretrainConfig) -> tuple[Dataset, Objective, nn.ModuleDict, Any]:
     dataset = make_dataset(cfg)
     torch.manual_seed(cfg.seed)
     objective = build_objective(cfg)
@@ -307,19 +304,44 @@ def pretrain(
     policy = None
     if objective.needs_masks and cfg.mask.kind != "none":
         policy = build_mask_policy(cfg.mask.kind, models["encoder"].grid, **cfg.mask.params)
-    meta = {
+    return dataset, objective, models, policy
+
+
+def _pretrain_meta(dataset: Dataset, policy: Any) -> dict[str, Any]:
+    return {
         "data_fingerprint": dataset.fingerprint(),
         "mask_policy": policy.config if policy is not None else None,
     }
+
+
+def pretrain(
+    cfg: PretrainConfig, resume: bool = False, progress: bool = True, tracker: Any = None
+) -> Path:
+    """Pretrain an encoder per `cfg`; returns the final checkpoint directory."""
+    dataset, objective, models, policy = _pretrain_setup(cfg)
     return fit(
         cfg,
         objective,
         models,
         dataset,
         policy,
-        meta,
+        _pretrain_meta(dataset, policy),
         resume,
         progress,
         tracker,
         workers=cfg.data.workers,
     )
+
+
+def init_checkpoint(cfg: PretrainConfig, path: str | Path) -> Path:
+    """The step-0 checkpoint of `cfg`: the random-init baseline, initialised exactly as `pretrain`
+    initialises the run it is compared with (same seed, same architecture, no training)."""
+    dataset, objective, models, policy = _pretrain_setup(cfg)
+    meta = {
+        "kind": "pretrain",
+        "step": 0,
+        "config": json.loads(cfg.model_dump_json()),
+        **_pretrain_meta(dataset, policy),
+        "note": "random initialisation (no pretraining)",
+    }
+    return save_checkpoint(path, {"model": dict(models.state_dict())}, meta)
