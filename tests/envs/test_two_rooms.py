@@ -1,0 +1,109 @@
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env
+from scene_checks import check_perturbation_claim, expert_episode, rollout
+
+from jepalab.envs import make, supported_perturbations
+
+
+def test_contract_and_determinism() -> None:
+    env = make("two-rooms", image_size=48)
+    obs, info = env.reset(seed=3)
+    assert obs["pixels"].shape == (48, 48, 3) and obs["pixels"].dtype == np.uint8
+    assert obs["state"].dtype == np.float32 and len(obs["state"]) == len(env.unwrapped.state_names)
+    assert isinstance(info["is_success"], bool) and isinstance(info["distance"], float)
+    acts = np.random.default_rng(1).uniform(-1, 1, size=(10, 2)).astype(np.float32)
+    p1, s1 = rollout(env, 3, acts)
+    p2, s2 = rollout(make("two-rooms", image_size=48), 3, acts)
+    assert np.array_equal(p1, p2) and np.array_equal(s1, s2)
+    p3, _ = rollout(env, 4, acts)
+    assert not np.array_equal(p1[0], p3[0])
+
+
+def test_start_and_goal_in_different_rooms() -> None:
+    env = make("two-rooms", random_wall=True)
+    walls = set()
+    for seed in range(20):
+        obs, _ = env.reset(seed=seed)
+        s, g = obs["state"], env.unwrapped.goal_state
+        assert (s[0] < s[2]) != (g[0] < s[2]), "start and goal must be on opposite sides"
+        walls.add(round(float(s[2]), 3))
+    assert len(walls) > 10
+
+
+def test_success_on_hand_built_states() -> None:
+    env = make("two-rooms")
+    env.reset(seed=0)
+    u = env.unwrapped
+    u.set_agent(u.goal + np.array([0.02, 0.0]))
+    _, reward, term, _, info = env.step(np.zeros(2, np.float32))
+    assert info["is_success"] and term and info["distance"] == pytest.approx(0.02)
+    assert reward == pytest.approx(-0.02)
+    u.set_agent(u.goal + np.array([0.0, u.success_radius + 0.01]))
+    _, _, term, _, info = env.step(np.zeros(2, np.float32))
+    assert not info["is_success"] and not term
+
+
+def test_wall_blocks_motion_and_door_lets_through() -> None:
+    env = make("two-rooms", perturb="physics_shift", severity=3)
+    env.reset(seed=0)
+    u = env.unwrapped
+    xl, xr, dl, dh = u._slab()
+    u.set_agent(np.array([0.3, 0.15]))  # far from the door (door band 0.47..0.53)
+    for _ in range(30):
+        obs, *_ = env.step(np.array([1.0, -0.3], np.float32))
+        assert obs["state"][0] <= xl + 1e-9, "the agent went into the wall"
+    assert obs["state"][0] == pytest.approx(xl) and obs["state"][1] < 0.1  # slid along it
+    u.set_agent(np.array([0.3, u.door_y]))
+    for _ in range(20):
+        obs, *_ = env.step(np.array([1.0, 0.0], np.float32))
+    assert obs["state"][0] > xr
+
+
+def test_expert_solves_clean_and_random_wall() -> None:
+    for kw in ({}, {"random_wall": True}):
+        env = make("two-rooms", **kw)
+        assert all(expert_episode(env, s)["is_success"] for s in range(8))
+
+
+@pytest.mark.parametrize("perturb", supported_perturbations("two-rooms"))
+def test_perturbation_claims_and_expert(perturb: str) -> None:
+    check_perturbation_claim("two-rooms", perturb)
+    env = make("two-rooms", perturb=perturb, severity=2, perturb_seed=1)
+    assert all(expert_episode(env, s)["is_success"] for s in range(3))
+
+
+def test_goal_image() -> None:
+    env = make("two-rooms")
+    obs, _ = env.reset(seed=2)
+    goal = env.unwrapped.render_goal()
+    assert goal.shape == obs["pixels"].shape and not np.array_equal(goal, obs["pixels"])
+    env.unwrapped.set_agent(env.unwrapped.goal)
+    obs, *_ = env.step(np.zeros(2, np.float32))
+    assert np.array_equal(goal, obs["pixels"])
+
+
+def test_time_limit_truncates() -> None:
+    env = make("two-rooms", max_episode_steps=5)
+    env.reset(seed=0)
+    flags = [env.step(np.zeros(2, np.float32))[3] for _ in range(5)]
+    assert flags == [False] * 4 + [True]
+
+
+@pytest.mark.filterwarnings("ignore:.*not having a spec")
+def test_gymnasium_checker_and_registry() -> None:
+    check_env(make("two-rooms", perturb="occlusion+action_noise", severity=1))
+    env = gym.make("jepalab/TwoRooms-v0", perturb="lighting_shift", severity=2)
+    obs, _ = env.reset(seed=0)
+    assert obs["pixels"].shape == (64, 64, 3)
+    check_env(env.unwrapped)
+
+
+def test_bad_action_is_rejected() -> None:
+    env = make("two-rooms")
+    env.reset(seed=0)
+    with pytest.raises(ValueError, match="shape"):
+        env.step(np.zeros(3, np.float32))
