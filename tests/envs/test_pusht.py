@@ -10,7 +10,7 @@ with warnings.catch_warnings():
     gym_pusht = pytest.importorskip("gym_pusht")
 
 from gym_pusht.envs.pusht import PushTEnv as StockPushT  # noqa: E402
-from scene_checks import check_perturbation_claim, rollout  # noqa: E402
+from scene_checks import check_perturbation_claim, expert_episode, rollout  # noqa: E402
 
 from jepalab.envs import make, supported_perturbations  # noqa: E402
 from jepalab.envs.pusht import GOAL_POSE  # noqa: E402
@@ -70,5 +70,8 @@ def test_goal_image_and_expert_progress() -> None:
 
 
 @pytest.mark.parametrize("perturb", supported_perturbations("pusht"))
-def test_perturbation_claims(perturb: str) -> None:
+def test_perturbation_claims_and_expert(perturb: str) -> None:
     check_perturbation_claim("pusht", perturb)
+    env = make("pusht", perturb=perturb, severity=2, perturb_seed=1, image_size=32)
+    # The scripted pusher solves ~95 % of clean episodes; allow one miss in three.
+    assert sum(expert_episode(env, s)["is_success"] for s in range(3)) >= 2

@@ -36,6 +36,8 @@ class SceneEnv(gym.Env):
     scene_name: ClassVar[str] = "scene"
     supported_perturbations: ClassVar[tuple[str, ...]] = ()
     default_max_episode_steps: ClassVar[int] = 100
+    # Scenes whose actions are absolute positions scale the action-noise std down.
+    action_noise_scale: ClassVar[float] = 1.0
 
     state_names: list[str]
     success_radius: float
@@ -136,7 +138,11 @@ class SceneEnv(gym.Env):
         self.episode_seed = int(seed)
         self.elapsed_steps = 0
         noise = self.perturbation.get("action_noise")
-        self._noise = ActionNoise(noise.params["std"], noise.rng(seed)) if noise else None
+        self._noise = (
+            ActionNoise(noise.params["std"] * self.action_noise_scale, noise.rng(seed))
+            if noise
+            else None
+        )
         occ = self.perturbation.get("occlusion")
         self._occluder = (
             HandOccluder.sample(

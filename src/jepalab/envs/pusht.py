@@ -15,8 +15,9 @@ default (``draw_goal_zone=False``): the goal is given by ``render_goal()``, whic
 at the goal pose (256, 256, pi/4) and the agent at its start position.
 
 Perturbations: lighting_shift, color_shift, distractors, camera_shift as in ``view2d``;
-physics_shift: agent PD gain x f1 and a block sliding damping |log f2| (stock: 0, the block
-stops when not pushed); occlusion, action_noise: see base.
+physics_shift: agent PD gain x f1 and agent-T contact friction 1.5 |log f2| (stock: 0);
+action_noise: std x ``action_noise_scale`` = 0.25, since an action here is an absolute
+position over the whole workspace (0.2 would jitter the target by 51 units); occlusion: base.
 """
 
 from __future__ import annotations
@@ -84,6 +85,7 @@ class PushTEnv(SceneEnv):
         "action_noise",
     )
     default_max_episode_steps = 300
+    action_noise_scale = 0.25
 
     def __init__(
         self,
@@ -102,8 +104,9 @@ class PushTEnv(SceneEnv):
             raise ImportError("scene 'pusht' needs gym-pusht: pip install 'jepalab[pusht]'") from e
         super().__init__(
             action_dim=2,
-            state_low=np.array([0, 0, 0, 0, 0]),
-            state_high=np.array([WORLD, WORLD, WORLD, WORLD, 2 * np.pi]),
+            # A little slack: the PD-driven agent is kinematic and may graze past the walls.
+            state_low=np.array([-64.0, -64.0, -64.0, -64.0, 0.0]),
+            state_high=np.array([WORLD + 64, WORLD + 64, WORLD + 64, WORLD + 64, 2 * np.pi]),
             image_size=image_size,
             perturbation=perturbation,
             max_episode_steps=max_episode_steps,
@@ -129,10 +132,14 @@ class PushTEnv(SceneEnv):
             self.perturbation, self.episode_seed, palette, self.image_size, 30.0 / WORLD
         )
         if self.perturbation.get("physics_shift"):
-            f_gain, f_damp = self._cond.physics
-            self.inner.k_p = 100.0 * f_gain
+            f_gain, f_fric = self._cond.physics
+            self.inner.k_p = 100.0 * f_gain  # k_v keeps the PD loop critically damped
             self.inner.k_v = 20.0 * np.sqrt(f_gain)
-            self.inner.space.damping = float(min(abs(np.log(f_damp)), 0.9))
+            # Stock shapes are frictionless; friction at the agent-T contact changes how
+            # off-centre pushes turn the T (pymunk mixes the two shapes' coefficients).
+            friction = float(min(1.5 * abs(np.log(f_fric)), 1.0))
+            for shape in (*self.inner.block.shapes, *self.inner.agent.shapes):
+                shape.friction = friction
         else:
             self.inner.k_p, self.inner.k_v = 100.0, 20.0
         s = self._state()
@@ -222,7 +229,7 @@ class PushTEnv(SceneEnv):
 # ---------------------------------------------------------------------- scripted pusher
 
 _SAFE_R = 95.0  # circle around the centre of mass that clears the T plus the agent
-_STEP = 45.0  # the furthest target ahead of the agent, keeps motion gentle
+_STEP = 80.0  # the furthest target ahead of the agent per step
 
 
 def _contacts() -> tuple[np.ndarray, np.ndarray]:
@@ -301,7 +308,7 @@ def expert_target(agent: np.ndarray, pose: np.ndarray, goal: np.ndarray) -> np.n
     along, lateral = float(rel @ u), float(rel @ n)
     if abs(lateral) < 8.0 and -AGENT_RADIUS - 25.0 < along < 2.0:
         need = max(float(u @ err), abs(dth) * 60.0)
-        target = agent + u * float(np.clip(need, 4.0, _STEP))  # in contact: push
+        target = agent + u * float(np.clip(need, 2.0, _STEP))  # in contact: push
     else:
         target = _approach(agent, com, pose, contact - u * (AGENT_RADIUS + 8.0))
     step = target - agent

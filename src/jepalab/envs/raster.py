@@ -112,10 +112,10 @@ class ViewWarp:
     def apply(self, img: np.ndarray) -> np.ndarray:
         """uint8 [H, W, 3] -> warped uint8 [H, W, 3]."""
         h, w, ch = img.shape
-        flat = img.reshape(h * w, ch).astype(np.float32)
-        out = np.zeros((h * w, ch), np.float32)
-        for k in range(4):
-            out += flat[self.idx[k]] * self.weights[k]
+        # Channel planes + np.take: several times faster than fancy-indexing [HW, 3] rows.
+        planes = img.reshape(h * w, ch).T.astype(np.float32)
+        taps = planes.take(self.idx.ravel(), axis=1).reshape(ch, 4, h * w)
+        out = np.einsum("ckp,kp->pc", taps, self.weights[..., 0])
         return (out + 0.5).astype(np.uint8).reshape(h, w, ch)
 
 
