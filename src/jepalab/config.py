@@ -310,3 +310,90 @@ class WorldModelConfig(TrainConfig):
     rollout_steps: int = Field(2, ge=1, description="k of the k-step autoregressive loss")
     loss: Literal["l1", "l2", "smooth_l1"] = "l1"
     rollout_weight: float = Field(1.0, ge=0.0)
+
+
+# ---------------------------------------------------------------- planning
+
+
+class ControllerConfig(Config):
+    """Receding-horizon MPC with a latent planner (fields of `jepalab.planning.PlannerConfig`)."""
+
+    planner: dict[str, Any] = Field(
+        default_factory=lambda: {"method": "cem", "horizon": 10, "samples": 256, "iterations": 4},
+        description="planner settings (method, horizon, samples, iterations, elites, ...)",
+    )
+    replan_every: int = Field(1, ge=1, description="actions executed between re-plans")
+    max_steps: int | None = Field(None, ge=1, description="episode step cap (default: the scene's)")
+
+
+class SceneConfig(Config):
+    name: str = "two-rooms"
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    image_size: int = Field(64, ge=8)
+
+
+class PlanConfig(RunConfig):
+    """`jepalab plan`: MPC episodes in a scene with a trained world model."""
+
+    kind: Literal["plan"] = "plan"
+    world_model: str = Field(..., description="world-model checkpoint directory")
+    scene: SceneConfig = Field(default_factory=SceneConfig)
+    controller: ControllerConfig = Field(default_factory=ControllerConfig)
+    episodes: int = Field(20, ge=1)
+    seed: int = 1000
+    perturb: str | None = None
+    severity: int = Field(1, ge=0, le=3)
+    gifs: int = Field(3, ge=0, description="episodes written as GIFs")
+    out_dir: str = "runs/plan"
+
+
+# ---------------------------------------------------------------- evaluation contracts
+
+
+class ArmRun(Config):
+    pretrain_seed: int = 0
+    encoder: str = Field(..., description="pretraining checkpoint directory")
+    world_model: str = Field(..., description="world-model checkpoint trained on that encoder")
+
+
+class ArmConfig(Config):
+    name: str
+    objective: str = "jepa"
+    runs: list[ArmRun] = Field(..., min_length=1)
+
+
+class PerturbationCell(Config):
+    name: str = Field("clean", description="'clean' or a perturbation spec (a+b composes)")
+    severity: int = Field(1, ge=0, le=3)
+
+
+class BudgetConfig(Config):
+    kind: Literal["labelled_trials", "env_interactions"] = "env_interactions"
+    amount: int = Field(0, ge=0)
+
+
+class RuleConfig(Config):
+    name: str = "beats_baseline_clean_and_robust"
+    params: dict[str, Any] = Field(default_factory=lambda: {"delta": 0.05})
+
+
+class ContractConfig(RunConfig):
+    """Written before the run: what is compared, on what, and the rule that decides `accepted`."""
+
+    kind: Literal["contract"] = "contract"
+    name: str = "contract"
+    candidate: ArmConfig
+    baseline: ArmConfig
+    task: Literal["plan"] = "plan"
+    scene: SceneConfig = Field(default_factory=SceneConfig)
+    controller: ControllerConfig = Field(default_factory=ControllerConfig)
+    metric: str = "success_rate"
+    perturbations: list[PerturbationCell] = Field(
+        default_factory=lambda: [PerturbationCell(name="clean")], min_length=1)
+    eval_seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    episodes: int = Field(20, ge=1, description="episodes per (arm, run, perturbation, eval seed)")
+    rollout_horizon: int = Field(10, ge=1)
+    intervention_budget: BudgetConfig = Field(default_factory=BudgetConfig)
+    rule: RuleConfig = Field(default_factory=RuleConfig)
+    out_dir: str = "runs/evaluate"
+    workers: int = Field(1, ge=1)

@@ -8,22 +8,7 @@ from pathlib import Path
 import pytest
 
 from jepalab.cli import main
-
-TINY = [
-    "--data.image_size=32",
-    "--data.num_images=64",
-    "--batch_size=8",
-    "--model.preset=micro",
-    "--model.patch_size=8",
-    "--model.pred_depth=1",
-    "--model.pred_dim=32",
-    "--model.pred_heads=2",
-    "--optim.warmup_steps=2",
-    "--precision=fp32",
-    "--mask.params.min_keep=2",
-    "--monitor_every=5",
-    "--log_every=1",
-]
+from tiny import TINY
 
 
 def _losses(run: Path) -> list[tuple[int, float]]:

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from jepalab.config import ObjectiveConfig, PretrainConfig
 from jepalab.errors import JepalabError
 from jepalab.masks.base import MaskSet
+from jepalab.train import distributed
 
 
 @dataclass
@@ -79,6 +80,11 @@ def build_objective(run: PretrainConfig) -> Objective:
 
 
 def masked_mean(values: Tensor, keep: Tensor) -> Tensor:
-    """Mean of values [...] over positions where keep [...] is True."""
+    """Mean of values [...] over positions where keep [...] is True, over the *global* batch.
+
+    Under data parallelism the denominator is the valid count summed over ranks, scaled by the
+    world size because DDP averages gradients: the gradient then equals a single-process run's.
+    """
     w = keep.to(values.dtype)
-    return (values * w).sum() / w.sum().clamp_min(1.0)
+    count = distributed.global_sum(w.sum()).clamp_min(1.0)
+    return (values * w).sum() * distributed.world_size() / count

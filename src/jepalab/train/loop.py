@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from jepalab.io import atomic_write_text
 from jepalab.masks import build_mask_policy
 from jepalab.models.build import build_encoder, normalize_pixels
 from jepalab.objectives import Batch, Objective, build_objective
+from jepalab.train import distributed
 from jepalab.train.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
@@ -56,12 +57,15 @@ def batch_indices(step: int, batch_size: int, n: int, seed: int) -> list[int]:
 class StepBatches:
     """A batch sampler yielding the index lists of steps start..total-1."""
 
-    def __init__(self, n: int, batch_size: int, seed: int, start: int, total: int) -> None:
+    def __init__(
+        self, n: int, batch_size: int, seed: int, start: int, total: int, part: slice = slice(None)
+    ) -> None:
         self.n, self.bs, self.seed, self.start, self.total = n, batch_size, seed, start, total
+        self.part = part  # this rank's share of each global batch
 
     def __iter__(self) -> Iterator[list[int]]:
         for s in range(self.start, self.total):
-            yield batch_indices(s, self.bs, self.n, self.seed)
+            yield batch_indices(s, self.bs, self.n, self.seed)[self.part]
 
     def __len__(self) -> int:
         return self.total - self.start
@@ -126,12 +130,15 @@ def train_step(
     opt: torch.optim.Optimizer,
     batch: Batch,
     cfg: TrainConfig,
+    loss_fn: Callable[[Batch], tuple[torch.Tensor, dict[str, float]]] | None = None,
 ) -> dict[str, float]:
-    """One optimizer step: forward under autocast, backward, clip, AdamW."""
+    """One optimizer step: forward under autocast, backward, clip, AdamW.
+
+    loss_fn: the (possibly DDP-wrapped) loss; defaults to `objective.loss(batch, models)`."""
     models.train()
     dev = batch.x.device.type
     with torch.autocast(dev, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
-        loss, metrics = objective.loss(batch, models)
+        loss, metrics = loss_fn(batch) if loss_fn else objective.loss(batch, models)
     if not math.isfinite(metrics["loss"]):
         raise JepalabError(f"loss is {metrics['loss']} — training diverged (lower optim.lr?)")
     opt.zero_grad(set_to_none=True)
@@ -149,8 +156,12 @@ def make_batch(
     cfg: TrainConfig,
     policy: Any,
     device: torch.device,
+    part: slice | None = None,
 ) -> Batch:
-    """A loader item (uint8 pixels, or a transition dict with obs/actions/states) -> Batch."""
+    """A loader item (uint8 pixels, or a transition dict with obs/actions/states) -> Batch.
+
+    part: this rank's rows of the global batch; masks are drawn for the global batch and sliced,
+    so every sample gets the same masks whatever the world size."""
     x = item if isinstance(item, torch.Tensor) else item["obs"]
     extra = (
         {}
@@ -158,7 +169,9 @@ def make_batch(
         else {k: item[k].to(device, non_blocking=True) for k in ("actions", "states") if k in item}
     )
     gen = step_generator(cfg.seed, step, 2)
-    masks = policy.sample(gen, x.shape[0]) if policy is not None else []
+    masks = policy.sample(gen, x.shape[0] if part is None else cfg.batch_size) if policy else []
+    if part is not None:
+        masks = [distributed.shard_masks(m, part) for m in masks]
     return Batch(
         x=normalize_pixels(x).to(device, non_blocking=True),
         masks=[m.to(device) for m in masks],
@@ -216,6 +229,18 @@ def save(
     return path
 
 
+class ObjectiveLoss(nn.Module):
+    """The objective's loss as one module, so DDP sees a single forward per step (JEPA runs the
+    context encoder once per mask set; a wrapped encoder alone would see several)."""
+
+    def __init__(self, objective: Objective, models: nn.ModuleDict) -> None:
+        super().__init__()
+        self.objective, self.models = objective, models
+
+    def forward(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        return self.objective.loss(batch, self.models)
+
+
 def fit(
     cfg: TrainConfig,
     objective: Objective,
@@ -228,7 +253,10 @@ def fit(
     tracker: Any = None,
     workers: int = 0,
 ) -> Path:
-    """The one training loop (pretraining and world models); returns the final checkpoint."""
+    """The one training loop (pretraining and world models); returns the final checkpoint.
+
+    Under torchrun it trains data-parallel: each rank takes its slice of every global batch,
+    rank 0 alone writes the log and checkpoints."""
     run_dir = Path(cfg.out_dir)
     last = latest_checkpoint(run_dir)
     if last is not None and not resume:
@@ -237,6 +265,10 @@ def fit(
             "or choose another --out_dir"
         )
     device = pick_device(cfg.device)
+    ctx = distributed.init(device.type)
+    if device.type == "cuda" and ctx.world > 1:
+        device = torch.device("cuda", ctx.local_rank)
+    part = ctx.shard(cfg.batch_size) if ctx.world > 1 else None
     models.to(device)
     opt = make_optimizer(models, objective.trainable(models), cfg.optim.lr)
     start = 0
@@ -247,33 +279,52 @@ def fit(
         models.load_state_dict(tensors["model"])
         restore_optimizer(opt, tensors["optim"], manifest["optimizer"])
         start = manifest["step"]
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / "config.yaml", dump(cfg))
-    log = MetricsLog(run_dir / "metrics.jsonl", start)
+    loss_fn = None
+    if ctx.world > 1:
+        loss_fn = torch.nn.parallel.DistributedDataParallel(
+            ObjectiveLoss(objective, models),
+            broadcast_buffers=False,
+            device_ids=[device.index] if device.type == "cuda" else None,
+        )
+    if ctx.main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run_dir / "config.yaml", dump(cfg))
+    log = MetricsLog(run_dir / "metrics.jsonl", start) if ctx.main else None
     loader = DataLoader(
         dataset,
-        batch_sampler=StepBatches(len(dataset), cfg.batch_size, cfg.seed, start, cfg.steps),
+        batch_sampler=StepBatches(
+            len(dataset), cfg.batch_size, cfg.seed, start, cfg.steps, part or slice(None)
+        ),
         num_workers=workers,
         pin_memory=device.type == "cuda",
     )
-    bar = tqdm(total=cfg.steps, initial=start, disable=not progress, desc=cfg.kind, unit="step")
+    bar = tqdm(
+        total=cfg.steps,
+        initial=start,
+        disable=not (progress and ctx.main),
+        desc=cfg.kind,
+        unit="step",
+    )
     path, warned, t0 = last, False, time.perf_counter()
     try:
         for step, item in enumerate(loader, start=start):
             lr, wd = set_schedules(opt, step, cfg)
-            batch = make_batch(item, step, cfg, policy, device)
-            metrics = train_step(models, objective, opt, batch, cfg)
+            batch = make_batch(item, step, cfg, policy, device, part)
+            metrics = distributed.mean_metrics(
+                train_step(models, objective, opt, batch, cfg, loss_fn)
+            )
             metrics.update(objective.after_step(models, step + 1, cfg.steps))
             dt, t0 = time.perf_counter() - t0, time.perf_counter()
             row = {
                 "step": step + 1,
                 "lr": lr,
                 "wd": wd,
-                "samples_per_s": batch.x.shape[0] / dt,
+                "samples_per_s": batch.x.shape[0] * ctx.world / dt,
                 **metrics,
             }
-            log.write(row)
-            if tracker is not None:
+            if log is not None:
+                log.write(row)
+            if tracker is not None and ctx.main:
                 tracker.log_metrics({k: v for k, v in row.items() if k != "step"}, step + 1)
             if "rankme" in metrics and (
                 msg := collapse_warning(metrics, models["encoder"].embed_dim)
@@ -285,12 +336,16 @@ def fit(
             )
             bar.update(1)
             if (step + 1) % cfg.ckpt_every == 0 or step + 1 == cfg.steps:
-                path = save(run_dir, step + 1, models, opt, cfg, meta)
+                if ctx.main:
+                    path = save(run_dir, step + 1, models, opt, cfg, meta)
+                distributed.barrier()
     finally:
         bar.close()
-        log.close()
-    if warned:
+        if log is not None:
+            log.close()
+    if warned and ctx.main:
         print("warning: collapse monitors fired during training; see metrics.jsonl")
+    path = path or latest_checkpoint(run_dir)
     if path is None:
         raise JepalabError(f"{run_dir}: nothing to train (steps={cfg.steps})")
     return path

@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from jepalab.train import distributed
+
 # A representation is flagged as collapsing when its per-dimension spread or its effective rank
 # falls below these fractions (of the layer-normed unit scale / of the embedding width).
 MIN_STD = 0.05
@@ -28,6 +30,8 @@ def collapse_stats(target_tokens: Tensor, pred: Tensor, tgt: Tensor) -> dict[str
     std: mean over dimensions of the per-dimension std of the pooled target embeddings across the
     batch; rankme: effective rank of the token embeddings; cos: mean cosine(pred, target).
     """
+    target_tokens = distributed.gather_nograd(target_tokens)
+    pred, tgt = distributed.gather_nograd(pred), distributed.gather_nograd(tgt)
     pooled = target_tokens.mean(1)
     tokens = target_tokens.reshape(-1, target_tokens.shape[-1])
     if tokens.shape[0] > 4096:  # SVD cost bound; a strided subset keeps it representative
