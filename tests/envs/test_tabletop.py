@@ -5,6 +5,7 @@ import pytest
 
 pytest.importorskip("mujoco")
 
+import gymnasium as gym  # noqa: E402
 from gymnasium.utils.env_checker import check_env  # noqa: E402
 from scene_checks import check_perturbation_claim, expert_episode, rollout  # noqa: E402
 
@@ -66,6 +67,12 @@ def test_reach_expert_and_checker() -> None:
     env = make("tabletop-reach", camera="top", image_size=32)
     assert all(expert_episode(env, s)["is_success"] for s in range(3))
     check_env(env, skip_render_check=True)
+    env.close()
+
+
+def test_registered_push_passes_checker() -> None:
+    env = gym.make("jepalab/TabletopPush-v0", image_size=32, perturb="occlusion", severity=1)
+    check_env(env.unwrapped)  # its spec re-makes it for the render-mode checks
     env.close()
 
 
