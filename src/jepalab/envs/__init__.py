@@ -2,12 +2,15 @@
 
     env = make("two-rooms", image_size=64, perturb="lighting_shift+occlusion", severity=2)
     obs, info = env.reset(seed=0)      # obs = {"pixels": uint8 [64, 64, 3], "state": float32 [S]}
-    goal = env.unwrapped.render_goal()
+    goal = env.unwrapped.render_goal() # uint8 [64, 64, 3], same conditions, no occluder
+    a = env.unwrapped.expert_action(np.random.default_rng(0))   # scripted, in [-1, 1]^A
+    record = env.unwrapped.perturbation.to_dict()               # [{name, params, seed}]
 
-Scenes: "two-rooms", "tabletop-push", "tabletop-reach", "pusht" and "gym:<gymnasium id>".
-They are also registered with gymnasium as ``jepalab/TwoRooms-v0``, ``jepalab/TabletopPush-v0``,
-``jepalab/TabletopReach-v0``, ``jepalab/PushT-v0``. MuJoCo and gym-pusht are imported only
-when their scene is made.
+Scenes (``SCENES``): "two-rooms", "tabletop-push", "tabletop-reach", "pusht", plus
+"gym:<gymnasium id>" for any gymnasium env with rgb_array rendering and a Box action space.
+Registered with gymnasium as ``jepalab/TwoRooms-v0``, ``jepalab/TabletopPush-v0``,
+``jepalab/TabletopReach-v0``, ``jepalab/PushT-v0`` (same kwargs as ``make``). MuJoCo and
+gym-pusht are imported only when their scene is made.
 """
 
 from __future__ import annotations

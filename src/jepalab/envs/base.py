@@ -32,8 +32,8 @@ from jepalab.envs.raster import HandOccluder
 class SceneEnv(gym.Env):
     """Base class: seeding, time limit, info, step-time perturbations, rendering plumbing."""
 
-    metadata: ClassVar[dict[str, Any]] = {"render_modes": ["rgb_array"], "render_fps": 10}
-    scene_name: ClassVar[str] = "scene"
+    metadata: dict[str, Any] = {"render_modes": ["rgb_array"], "render_fps": 10}
+    scene_name: str = "scene"  # instances may refine it (e.g. "tabletop-push")
     supported_perturbations: ClassVar[tuple[str, ...]] = ()
     default_max_episode_steps: ClassVar[int] = 100
     # Scenes whose actions are absolute positions scale the action-noise std down.

@@ -117,7 +117,8 @@ class GymAdapterEnv(SceneEnv):
         return obs, self._inner_reward, terminated or self._inner_done, truncated, info
 
     def _state(self) -> np.ndarray:
-        return gym.spaces.flatten(self.inner.observation_space, self._obs).astype(np.float32)
+        flat = gym.spaces.flatten(self.inner.observation_space, self._obs)
+        return np.asarray(flat, np.float32)
 
     def _distance(self) -> float:
         return float(self._inner_info.get("distance", np.nan))
@@ -130,7 +131,7 @@ class GymAdapterEnv(SceneEnv):
         if frame is None:
             raise RuntimeError(f"{self.scene_name}: render() returned None")
         img = Image.fromarray(np.asarray(frame, np.uint8)).resize(
-            (self.image_size, self.image_size), Image.BOX
+            (self.image_size, self.image_size), Image.Resampling.BOX
         )
         out = np.asarray(img, np.uint8)[..., :3]
         if self._lut is not None:
@@ -140,13 +141,15 @@ class GymAdapterEnv(SceneEnv):
         return np.ascontiguousarray(out)
 
     def render_goal(self) -> np.ndarray:
-        inner = self.inner.unwrapped
-        if not callable(getattr(inner, "render_goal", None)):
+        render_goal = getattr(self.inner.unwrapped, "render_goal", None)
+        if not callable(render_goal):
             raise NotImplementedError(
                 f"{self.scene_name}: the wrapped env has no goal image (no render_goal())"
             )
-        frame = np.asarray(inner.render_goal(), np.uint8)
-        img = Image.fromarray(frame).resize((self.image_size, self.image_size), Image.BOX)
+        frame = np.asarray(render_goal(), np.uint8)
+        img = Image.fromarray(frame).resize(
+            (self.image_size, self.image_size), Image.Resampling.BOX
+        )
         return np.asarray(img, np.uint8)[..., :3].copy()
 
     def expert_action(self, rng: np.random.Generator) -> np.ndarray:

@@ -168,7 +168,7 @@ def parse_perturbation(spec: str | None, severity: int = 1, seed: int = 0) -> Pe
     if spec is None or spec.strip() in ("", "none"):
         return Perturbation(severity=int(severity), seed=int(seed))
     names = [n.strip() for n in spec.split("+")]
-    components = []
+    components: list[PerturbationComponent] = []
     for name in names:
         if name not in _TABLE:
             raise PerturbationError(
