@@ -28,6 +28,21 @@ def disc_coverage(
     return slice(y0, y1), slice(x0, x1), mask
 
 
+def box_coverage(
+    x0: float, y0: float, x1: float, y1: float, h: int, w: int
+) -> tuple[slice, slice, np.ndarray]:
+    """Anti-aliased coverage of an axis-aligned box (separable: one outer product)."""
+    c0, c1 = max(int(np.floor(x0)), 0), min(int(np.ceil(x1)), w)
+    r0, r1 = max(int(np.floor(y0)), 0), min(int(np.ceil(y1)), h)
+    if c1 <= c0 or r1 <= r0:
+        return slice(0, 0), slice(0, 0), np.zeros((0, 0), np.float32)
+    xs = np.arange(c0, c1, dtype=np.float32) + 0.5
+    ys = np.arange(r0, r1, dtype=np.float32) + 0.5
+    cx = np.clip(np.minimum(xs - x0, x1 - xs) + 0.5, 0.0, 1.0)
+    cy = np.clip(np.minimum(ys - y0, y1 - ys) + 0.5, 0.0, 1.0)
+    return slice(r0, r1), slice(c0, c1), cy[:, None] * cx[None, :]
+
+
 def convex_coverage(verts: np.ndarray, h: int, w: int) -> tuple[slice, slice, np.ndarray]:
     """Anti-aliased coverage of a convex polygon (verts [K, 2] pixel xy, any winding)."""
     v = np.asarray(verts, np.float64)

@@ -197,8 +197,7 @@ class TwoRoomsEnv(SceneEnv):
         hw, hd = self.wall_thickness / 2, self.door_width / 2
         x0, x1 = (self.wall_x - hw) * n, (self.wall_x + hw) * n
         for y0, y1 in ((-1.0, (self.door_y - hd) * n), ((self.door_y + hd) * n, n + 1.0)):
-            rect = np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]])
-            raster.blend(img, *raster.convex_coverage(rect, n, n), self._cond.colors[1])
+            raster.blend(img, *raster.box_coverage(x0, y0, x1, y1, n, n), self._cond.colors[1])
         return img
 
     def _frame(self, agent: np.ndarray, t: int) -> np.ndarray:

@@ -103,10 +103,7 @@ class Conditions2D:
             cx, cy = d.position(t) * n
             r = d.radius * n
             if d.square:
-                rect = np.array(
-                    [[cx - r, cy - r], [cx + r, cy - r], [cx + r, cy + r], [cx - r, cy + r]]
-                )
-                cov = raster.convex_coverage(rect, n, n)
+                cov = raster.box_coverage(cx - r, cy - r, cx + r, cy + r, n, n)
             else:
                 cov = raster.disc_coverage(cx, cy, r, n, n)
             raster.blend(img, *cov, self.colors[self.n_palette + i])
