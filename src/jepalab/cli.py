@@ -10,6 +10,7 @@ import argparse
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from jepalab.errors import JepalabError
 
@@ -63,6 +64,134 @@ def _diagnose(args: argparse.Namespace, overrides: list[str]) -> int:
         print(f"{row['dim']:>6} {row['sq_error']:>10.5f} {row['residual']:>10.5f} {row['z']:>7.2f}")
     if args.out:
         atomic_write_json(args.out, report)
+    return 0
+
+
+def _collect_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("scene", help="two-rooms | tabletop-push | tabletop-reach | pusht | gym:<id>")
+    p.add_argument("--episodes", type=int, required=True)
+    p.add_argument("--out", required=True, help="dataset directory (appended to if it exists)")
+    p.add_argument("--policy", default="mixture:0.5", help="random | expert | mixture:P")
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--image-size", type=int, default=64)
+    p.add_argument("--max-steps", type=int, default=None)
+    p.add_argument("--perturb", default=None, help="e.g. lighting_shift+distractors")
+    p.add_argument("--severity", type=int, default=1)
+    p.add_argument("--quiet", action="store_true")
+
+
+@verb("collect", "collect an offline trajectory dataset in a scene", _collect_args)
+def _collect(args: argparse.Namespace, overrides: list[str]) -> int:
+    from jepalab.config import parse_overrides
+    from jepalab.data.collect import collect
+
+    path = collect(args.scene, args.episodes, args.out, policy=args.policy, workers=args.workers,
+                   seed=args.seed, image_size=args.image_size, max_steps=args.max_steps,
+                   scene_kwargs=parse_overrides(overrides), perturb=args.perturb,
+                   severity=args.severity, progress=not args.quiet)
+    print(f"dataset: {path}")
+    return 0
+
+
+def _show_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("dataset", help="dataset directory")
+    p.add_argument("--out", default=None, help="output folder (default: the dataset's)")
+    p.add_argument("--episodes", type=int, default=4)
+
+
+@verb("show", "contact sheet PNG and GIF of a dataset's episodes", _show_args)
+def _show(args: argparse.Namespace, overrides: list[str]) -> int:
+    from jepalab.data.show import show
+
+    _no_overrides(overrides)
+    png, gif = show(args.dataset, args.out, episodes=args.episodes)
+    print(f"contact sheet: {png}\nanimation: {gif}")
+    return 0
+
+
+@verb("worldmodel", "train an action-conditioned latent predictor on a frozen encoder",
+      _pretrain_args)
+def _worldmodel(args: argparse.Namespace, overrides: list[str]) -> int:
+    from jepalab.config import WorldModelConfig, load
+    from jepalab.train.worldmodel import train_worldmodel
+
+    cfg = load(WorldModelConfig, args.config, overrides)
+    print(f"checkpoint: {train_worldmodel(cfg, resume=args.resume, progress=not args.quiet)}")
+    return 0
+
+
+def _plan_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", help="plan config (kind: plan)")
+    p.add_argument("--scene", default=None, help="override scene.name")
+    p.add_argument("--episodes", type=int, default=None)
+    p.add_argument("--perturb", default=None)
+    p.add_argument("--quiet", action="store_true")
+
+
+@verb("plan", "goal-conditioned MPC episodes with a world model", _plan_args)
+def _plan(args: argparse.Namespace, overrides: list[str]) -> int:
+    from jepalab.config import PlanConfig, load
+    from jepalab.eval.control import plan
+
+    extra = [f"--{k}={v}" for k, v in (("scene.name", args.scene), ("episodes", args.episodes),
+                                       ("perturb", args.perturb)) if v is not None]
+    cfg = load(PlanConfig, args.config, [*extra, *overrides])
+    s = plan(cfg, progress=not args.quiet)
+    lo, hi = s["success_ci95"]
+    print(f"success {s['success_rate']:.1%} (95% CI {lo:.1%}-{hi:.1%}) over {s['episodes']} "
+          f"episodes; final distance {s['final_distance']:.3f}; "
+          f"{s['plan_time_per_step_s'] * 1e3:.0f} ms planning per step\nresults: {cfg.out_dir}")
+    return 0
+
+
+def _evaluate_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("contract", help="contract YAML (kind: contract)")
+    p.add_argument("--workers", type=int, default=None, help="episodes in parallel processes")
+    p.add_argument("--quiet", action="store_true")
+
+
+@verb("evaluate", "run a contract's panel and decide acceptance", _evaluate_args)
+def _evaluate(args: argparse.Namespace, overrides: list[str]) -> int:
+    from jepalab.config import ContractConfig, load
+    from jepalab.eval.panel import evaluate
+
+    extra = [f"--workers={args.workers}"] if args.workers else []
+    cfg = load(ContractConfig, args.contract, [*extra, *overrides])
+    record, card = evaluate(cfg, progress=not args.quiet)
+    print(f"accepted: {record.decision.accepted} ({record.decision.rule})")
+    for reason in record.decision.reasons:
+        print(f"  - {reason}")
+    print(f"evidence: {Path(cfg.out_dir) / 'evidence.json'}\ncard: {card}")
+    return 0
+
+
+def _card_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dir", help="an evaluate run directory")
+
+
+@verb("card", "regenerate the evaluation card of a run from its store", _card_args)
+def _card(args: argparse.Namespace, overrides: list[str]) -> int:
+    from jepalab.eval.card import card_from_run_dir
+
+    _no_overrides(overrides)
+    html, md = card_from_run_dir(args.run_dir)
+    print(f"card: {html}\nmarkdown: {md}")
+    return 0
+
+
+def _demo_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--quick", action="store_true", help="a much smaller run (minutes)")
+
+
+@verb("demo", "the whole path on two-rooms: collect, pretrain, world model, plan, evidence",
+      _demo_args)
+def _demo(args: argparse.Namespace, overrides: list[str]) -> int:
+    from jepalab.demo import demo
+
+    _no_overrides(overrides)
+    demo(args.out, quick=args.quick)
     return 0
 
 

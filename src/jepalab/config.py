@@ -397,3 +397,22 @@ class ContractConfig(RunConfig):
     rule: RuleConfig = Field(default_factory=RuleConfig)
     out_dir: str = "runs/evaluate"
     workers: int = Field(1, ge=1)
+
+
+# ---------------------------------------------------------------- collection
+
+
+class CollectConfig(RunConfig):
+    """`jepalab collect` as a file (the demo's data; the CLI takes the same fields as flags)."""
+
+    kind: Literal["collect"] = "collect"
+    scene: str = "two-rooms"
+    episodes: int = Field(100, ge=1)
+    policy: str = "mixture:0.5"
+    workers: int = Field(1, ge=1)
+    seed: int = 0
+    image_size: int = Field(64, ge=8)
+    max_steps: int | None = Field(None, ge=1)
+    scene_kwargs: dict[str, Any] = Field(default_factory=dict)
+    perturb: str | None = None
+    severity: int = Field(1, ge=0, le=3)
