@@ -1,0 +1,199 @@
+"""Data-collection policies, named by a spec string.
+
+    random[:corr=C,scale=S]       temporally correlated Gaussian actions (AR(1) / discretised
+                                  Ornstein-Uhlenbeck): z_t = C z_{t-1} + sqrt(1 - C^2) S e_t,
+                                  mapped to the Box (z = +-1 at its bounds) and clipped.
+                                  Defaults corr=0.8 (a ~5-step memory), scale=0.6.
+    expert[:noise=N]              the scene's scripted ``env.unwrapped.expert_action(rng)``, plus
+                                  optional Gaussian noise of std N (in [-1, 1] units), clipped.
+    mixture:P[,corr=C,scale=S]    per EPISODE: the expert with probability P, else random.
+                                  Per-episode rather than per-step mixing keeps every episode a
+                                  coherent behaviour (clean demonstrations next to exploratory
+                                  wandering) instead of jittered expert paths; the sub-policy of
+                                  each episode is recorded (``policy.mode``).
+
+``policy.spec`` is the canonical spec with every default written out; two specs that mean the
+same policy have the same canonical spec (datasets compare it when resuming).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+from jepalab.errors import JepalabError
+
+KINDS = ("random", "expert", "mixture")
+_DEFAULTS: dict[str, dict[str, float]] = {
+    "random": {"corr": 0.8, "scale": 0.6},
+    "expert": {"noise": 0.0},
+    "mixture": {"p": 0.5, "corr": 0.8, "scale": 0.6},
+}
+
+
+def _fmt(x: float) -> str:
+    return repr(float(x))
+
+
+def parse_policy_spec(spec: str) -> tuple[str, dict[str, float]]:
+    """'mixture:0.3,corr=0.9' -> ('mixture', {'p': 0.3, 'corr': 0.9, 'scale': 0.6})."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise JepalabError(
+            f"policy: expected a spec like 'random', 'expert' or 'mixture:0.5', got {spec!r}"
+        )
+    kind, _, rest = spec.strip().partition(":")
+    if kind not in KINDS:
+        raise JepalabError(f"policy {spec!r}: unknown kind {kind!r}; valid: {', '.join(KINDS)}")
+    params = dict(_DEFAULTS[kind])
+    for i, part in enumerate(p.strip() for p in rest.split(",") if rest.strip()):
+        key, eq, value = part.partition("=")
+        if not eq:  # a bare number: only mixture's leading probability
+            if kind != "mixture" or i != 0:
+                raise JepalabError(f"policy {spec!r}: expected key=value, got {part!r}")
+            key, value = "p", part
+        key = key.strip()
+        if key not in params:
+            raise JepalabError(
+                f"policy {spec!r}: unknown parameter {key!r} for {kind}; valid: {', '.join(params)}"
+            )
+        try:
+            params[key] = float(value)
+        except ValueError:
+            raise JepalabError(f"policy {spec!r}: {key}={value!r} is not a number") from None
+    checks = {
+        "p": (lambda v: 0.0 <= v <= 1.0, "in [0, 1]"),
+        "corr": (lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
+        "scale": (lambda v: v > 0.0, "> 0"),
+        "noise": (lambda v: v >= 0.0, ">= 0"),
+    }
+    for key, v in params.items():
+        ok, why = checks[key]
+        if not (np.isfinite(v) and ok(v)):
+            raise JepalabError(f"policy {spec!r}: {key}={v} must be {why}")
+    return kind, params
+
+
+def _spec(kind: str, params: dict[str, float]) -> str:
+    return f"{kind}:" + ",".join(f"{k}={_fmt(params[k])}" for k in _DEFAULTS[kind])
+
+
+def canonical_spec(spec: str) -> str:
+    """The spec with every default written out: 'random' -> 'random:corr=0.8,scale=0.6'."""
+    return _spec(*parse_policy_spec(spec))
+
+
+class Policy:
+    """reset(rng) at each episode start, then act(env, obs, rng) -> float32 [A] in the Box."""
+
+    spec: str
+    mode: str  # the sub-policy acting in the current episode ("random" / "expert")
+
+    def __init__(self, action_space: gym.spaces.Box, params: dict[str, float]) -> None:
+        if not isinstance(action_space, gym.spaces.Box) or len(action_space.shape) != 1:
+            raise JepalabError(f"policy: needs a 1-D Box action space, got {action_space}")
+        if not (np.all(np.isfinite(action_space.low)) and np.all(np.isfinite(action_space.high))):
+            raise JepalabError(f"policy: action space bounds must be finite, got {action_space}")
+        self.space = action_space
+        self.low = action_space.low.astype(np.float32)
+        self.high = action_space.high.astype(np.float32)
+        self.params = params
+        self.mid, self.half = (self.high + self.low) / 2, (self.high - self.low) / 2
+
+    def reset(self, rng: np.random.Generator) -> None:
+        raise NotImplementedError
+
+    def act(self, env: gym.Env, obs: Any, rng: np.random.Generator) -> np.ndarray:
+        raise NotImplementedError
+
+    def _to_box(self, z: np.ndarray) -> np.ndarray:
+        """z in [-1, 1] units -> action in the Box, clipped, float32 [A]."""
+        return np.clip(self.mid + self.half * z, self.low, self.high).astype(np.float32)
+
+    def _from_box(self, a: np.ndarray) -> np.ndarray:
+        return (np.asarray(a, np.float32) - self.mid) / np.where(self.half > 0, self.half, 1)
+
+
+class RandomPolicy(Policy):
+    mode = "random"
+
+    def __init__(self, action_space: gym.spaces.Box, params: dict[str, float]) -> None:
+        super().__init__(action_space, params)
+        self.spec = _spec("random", params)
+        self.z = np.zeros(action_space.shape, np.float64)
+
+    def reset(self, rng: np.random.Generator) -> None:
+        # Start from the stationary distribution so the first steps look like the rest.
+        self.z = rng.normal(0.0, self.params["scale"], self.space.shape)
+
+    def act(self, env: gym.Env, obs: Any, rng: np.random.Generator) -> np.ndarray:
+        c, s = self.params["corr"], self.params["scale"]
+        self.z = c * self.z + np.sqrt(1.0 - c * c) * s * rng.normal(size=self.space.shape)
+        return self._to_box(self.z)
+
+
+class ExpertPolicy(Policy):
+    mode = "expert"
+
+    def __init__(self, action_space: gym.spaces.Box, params: dict[str, float]) -> None:
+        super().__init__(action_space, params)
+        self.spec = _spec("expert", params)
+
+    def reset(self, rng: np.random.Generator) -> None:
+        pass  # stateless: the scripted expert reads the env's current state
+
+    def act(self, env: gym.Env, obs: Any, rng: np.random.Generator) -> np.ndarray:
+        expert = getattr(env.unwrapped, "expert_action", None)
+        if not callable(expert):
+            raise JepalabError(
+                f"policy 'expert': scene {type(env.unwrapped).__name__} has no "
+                "expert_action(); use policy 'random'"
+            )
+        try:
+            a = np.asarray(expert(rng), np.float32).reshape(self.space.shape)
+        except NotImplementedError:
+            raise JepalabError(
+                f"policy 'expert': scene {type(env.unwrapped).__name__} has no "
+                "scripted expert; use policy 'random'"
+            ) from None
+        if self.params["noise"] > 0:
+            z = self._from_box(a) + rng.normal(0.0, self.params["noise"], self.space.shape)
+            return self._to_box(z)
+        return np.clip(a, self.low, self.high).astype(np.float32)
+
+
+class MixturePolicy(Policy):
+    """Per episode: expert with probability p, else correlated random."""
+
+    def __init__(self, action_space: gym.spaces.Box, params: dict[str, float]) -> None:
+        super().__init__(action_space, params)
+        self.spec = _spec("mixture", params)
+        self.expert = ExpertPolicy(action_space, {"noise": 0.0})
+        self.random = RandomPolicy(action_space, {k: params[k] for k in ("corr", "scale")})
+        self.current: Policy = self.random
+        self.mode = "random"
+
+    def reset(self, rng: np.random.Generator) -> None:
+        # One uniform draw decides the episode, so the choice is a function of the rng alone.
+        self.current = self.expert if rng.random() < self.params["p"] else self.random
+        self.mode = self.current.mode
+        self.current.reset(rng)
+
+    def act(self, env: gym.Env, obs: Any, rng: np.random.Generator) -> np.ndarray:
+        return self.current.act(env, obs, rng)
+
+
+def make_policy(
+    spec: str, action_space: gym.spaces.Box, rng: np.random.Generator | None = None
+) -> Policy:
+    """Build the policy named by ``spec`` (see the module docstring) for ``action_space``.
+
+    ``rng``, when given, performs an initial ``reset`` (collection resets every episode with
+    its own generator anyway)."""
+    kind, params = parse_policy_spec(spec)
+    cls = {"random": RandomPolicy, "expert": ExpertPolicy, "mixture": MixturePolicy}[kind]
+    policy = cls(action_space, params)
+    if rng is not None:
+        policy.reset(rng)
+    return policy

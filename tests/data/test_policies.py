@@ -1,0 +1,96 @@
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from fake_scene import make_fake
+
+from jepalab.data.collect import policy_rng
+from jepalab.data.policies import canonical_spec, make_policy, parse_policy_spec
+from jepalab.errors import JepalabError
+
+BOX = gym.spaces.Box(-1.0, 1.0, shape=(2,), dtype=np.float32)
+
+
+def _random_actions(spec: str, n: int, space=BOX) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    pol = make_policy(spec, space)
+    pol.reset(rng)
+    return np.stack([pol.act(None, None, rng) for _ in range(n)])
+
+
+def _lag1(x: np.ndarray) -> float:
+    return float(np.corrcoef(x[:-1], x[1:])[0, 1])
+
+
+def test_random_is_temporally_correlated_and_bounded():
+    smooth = _random_actions("random:corr=0.9,scale=0.3", 4000)
+    white = _random_actions("random:corr=0,scale=0.3", 4000)
+    assert smooth.dtype == np.float32 and smooth.shape == (4000, 2)
+    assert 0.8 < _lag1(smooth[:, 0]) < 0.95
+    assert abs(_lag1(white[:, 0])) < 0.1
+    assert np.std(smooth) == pytest.approx(0.3, rel=0.2)  # stationary scale
+    wild = _random_actions("random:scale=5", 500)
+    assert wild.min() == -1.0 and wild.max() == 1.0  # clipped to the bounds
+
+
+def test_random_respects_an_asymmetric_box():
+    space = gym.spaces.Box(np.array([0.0, -2.0], np.float32), np.array([1.0, 2.0], np.float32))
+    a = _random_actions("random:scale=3", 2000, space)
+    assert (a >= space.low).all() and (a <= space.high).all()
+    assert a[:, 0].min() == 0.0 and a[:, 1].max() == 2.0
+
+
+def test_expert_and_mixture_per_episode():
+    env = make_fake("fake")
+    expert = make_policy("expert", env.action_space)
+    obs, _ = env.reset(seed=3)
+    rng = np.random.default_rng(0)
+    a = expert.act(env, obs, rng)
+    direction = env.goal - env.pos
+    assert float(np.dot(a, direction)) > 0  # heads for the goal
+    mix = make_policy("mixture:0.3", env.action_space)
+    modes = []
+    for s in range(400):
+        mix.reset(policy_rng(s))
+        modes.append(mix.mode)
+    assert set(modes) == {"expert", "random"}
+    assert np.mean([m == "expert" for m in modes]) == pytest.approx(0.3, abs=0.07)
+    # Same episode rng -> same choice and same actions (what makes collection deterministic).
+    runs = []
+    for _ in range(2):
+        obs, _ = env.reset(seed=5)
+        rng = policy_rng(5)
+        mix.reset(rng)
+        runs.append((mix.mode, [mix.act(env, obs, rng) for _ in range(3)]))
+    assert runs[0][0] == runs[1][0]
+    np.testing.assert_array_equal(runs[0][1], runs[1][1])
+
+
+def test_expert_needs_a_scripted_policy():
+    class NoExpert(gym.Env):
+        action_space = BOX
+
+    with pytest.raises(JepalabError, match="no expert_action"):
+        make_policy("expert", BOX).act(NoExpert(), None, np.random.default_rng(0))
+
+
+def test_specs():
+    assert canonical_spec("mixture:0.5") == canonical_spec("mixture:p=0.5,scale=0.6")
+    assert canonical_spec("random") == "random:corr=0.8,scale=0.6"
+    assert make_policy("expert:noise=0.1", BOX).spec == "expert:noise=0.1"
+    assert parse_policy_spec("mixture:0.2,corr=0.5") == (
+        "mixture",
+        {"p": 0.2, "corr": 0.5, "scale": 0.6},
+    )
+    for bad, msg in [
+        ("greedy", "unknown kind"),
+        ("mixture:1.5", "p=1.5 must be in"),
+        ("random:corr=1", "corr=1.0 must be"),
+        ("random:speed=2", "unknown parameter"),
+        ("random:0.3", "expected key=value"),
+        ("mixture:p=x", "not a number"),
+        ("", "expected a spec"),
+    ]:
+        with pytest.raises(JepalabError, match=msg):
+            make_policy(bad, BOX)
