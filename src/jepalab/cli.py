@@ -96,7 +96,7 @@ def _collect(args: argparse.Namespace, overrides: list[str]) -> int:
 
 def _show_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("dataset", help="dataset directory")
-    p.add_argument("--out", default=None, help="output folder (default: the dataset's)")
+    p.add_argument("--out", default=None, help="output folder (default: DATASET/preview)")
     p.add_argument("--episodes", type=int, default=4)
 
 

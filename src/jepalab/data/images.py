@@ -58,7 +58,7 @@ class ShapesDataset(Dataset):
 
 def _load_image(path: Path, size: int) -> np.ndarray:
     with Image.open(path) as im:
-        return np.asarray(im.convert("RGB").resize((size, size), Image.BILINEAR))
+        return np.asarray(im.convert("RGB").resize((size, size), Image.Resampling.BILINEAR))
 
 
 class ImageFolderDataset(Dataset):
