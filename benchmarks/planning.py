@@ -1,0 +1,178 @@
+"""Planning time per MPC step versus samples x horizon, and world-model forward throughput.
+
+The unroll is a small residual MLP latent predictor, z' = z + MLP([z, a]) with D=64, hidden
+256 (two hidden layers), A=2, run autoregressively over the horizon with all candidates in one
+batch, fp32. One "step" is one plan call (what MPC spends per env step with replan_every=1):
+`iterations` unroll calls of samples x horizon transitions, plus the planner's own sampling
+and distribution updates ("overhead" = plan time not spent inside the unroll).
+
+    python benchmarks/planning.py [--quick] [--out runs/bench/planning.json] [--device cpu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from jepalab.io import atomic_write_json, git_info, now_iso
+from jepalab.planning import PlannerConfig, goal_energy, plan
+
+D, HIDDEN, A = 64, 256, 2
+
+
+class MLPPredictor(nn.Module):
+    """z [B, D], a [B, A] -> z' [B, D]; residual so unrolled latents stay bounded."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(D + A, HIDDEN), nn.GELU(), nn.Linear(HIDDEN, HIDDEN),
+                                 nn.GELU(), nn.Linear(HIDDEN, D))
+
+    def forward(self, z: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        return z + self.net(torch.cat([z, a], -1))
+
+    def unroll_from(self, z0: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """z0 [1, D], actions [S, H, A] -> [S, H, D]."""
+        z = z0.expand(actions.shape[0], -1)
+        out = []
+        for t in range(actions.shape[1]):
+            z = self(z, actions[:, t])
+            out.append(z)
+        return torch.stack(out, 1)
+
+
+def flops_per_transition() -> int:
+    return 2 * ((D + A) * HIDDEN + HIDDEN * HIDDEN + HIDDEN * D)
+
+
+def machine(device: str) -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info = {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpu": cpu,
+            "python": platform.python_version(), "device": device}
+    if device.startswith("cuda"):
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize(device)
+
+
+def time_plan(model: MLPPredictor, method: str, samples: int, horizon: int, iterations: int,
+              repeats: int, device: str) -> dict[str, Any]:
+    gen = torch.Generator(device=device).manual_seed(0)
+    z0 = torch.randn(1, D, generator=gen, device=device)
+    goal = torch.randn(D, generator=gen, device=device)
+    cfg = PlannerConfig(method=method, horizon=horizon, samples=samples, iterations=iterations,
+                        action_dim=A)
+    cost = goal_energy(goal)
+    unroll_s = [0.0]
+
+    def unroll(actions: torch.Tensor) -> torch.Tensor:
+        t = time.perf_counter()
+        z = model.unroll_from(z0, actions)
+        sync(device)
+        unroll_s[0] += time.perf_counter() - t
+        return z
+
+    plan(unroll, cost, cfg, gen)  # warm-up (allocator, kernels)
+    times, shares = [], []
+    for _ in range(repeats):
+        unroll_s[0] = 0.0
+        t = time.perf_counter()
+        plan(unroll, cost, cfg, gen)
+        sync(device)
+        dt = time.perf_counter() - t
+        times.append(dt)
+        shares.append(unroll_s[0] / dt)
+    med = statistics.median(times)
+    transitions = samples * horizon * iterations
+    return {"method": method, "samples": samples, "horizon": horizon, "iterations": iterations,
+            "plan_ms_median": 1e3 * med, "plan_ms_min": 1e3 * min(times),
+            "unroll_share": statistics.median(shares),
+            "transitions_per_s": transitions / med}
+
+
+def time_forward(model: MLPPredictor, batch: int, repeats: int, device: str) -> dict[str, Any]:
+    gen = torch.Generator(device=device).manual_seed(0)
+    z = torch.randn(batch, D, generator=gen, device=device)
+    a = torch.rand(batch, A, generator=gen, device=device) * 2 - 1
+    reps = max(1, 20_000 // batch)  # ~20k transitions per timing
+    with torch.inference_mode():
+        model(z, a)
+        times = []
+        for _ in range(repeats):
+            sync(device)
+            t = time.perf_counter()
+            for _ in range(reps):
+                model(z, a)
+            sync(device)
+            times.append((time.perf_counter() - t) / reps)
+    med = statistics.median(times)
+    return {"batch": batch, "ms_per_forward": 1e3 * med, "transitions_per_s": batch / med,
+            "gflops": batch * flops_per_transition() / med / 1e9}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="2x2 grid, 3 repeats")
+    p.add_argument("--out", default="runs/bench/planning.json")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--iterations", type=int, default=4)
+    p.add_argument("--methods", default="cem,mppi")
+    args = p.parse_args(argv)
+
+    samples = [64, 256] if args.quick else [64, 256, 1024]
+    horizons = [5, 10] if args.quick else [5, 10, 20]
+    batches = [256, 1024] if args.quick else [64, 256, 1024, 4096]
+    repeats = 3 if args.quick else 7
+    mach = machine(args.device)
+    print(f"machine: torch {mach['torch']}, {mach['threads']} threads, {mach['cpu']}, "
+          f"python {mach['python']}, device {args.device}, fp32")
+
+    torch.manual_seed(0)  # weights only; planning draws from its own generator
+    model = MLPPredictor().to(args.device).eval()
+    plans = [time_plan(model, m, s, h, args.iterations, repeats, args.device)
+             for m in args.methods.split(",") for s in samples for h in horizons]
+    fwd = [time_forward(model, b, repeats, args.device) for b in batches]
+
+    print(f"\nPlanning time per step (one plan call, {args.iterations} iterations, "
+          f"MLP predictor D={D} hidden={HIDDEN} A={A}); median of {repeats}\n")
+    print("| method | samples | horizon | ms / step | unroll share | transitions/s |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for r in plans:
+        print(f"| {r['method']} | {r['samples']} | {r['horizon']} | {r['plan_ms_median']:.2f} | "
+              f"{r['unroll_share']:.0%} | {r['transitions_per_s']:,.0f} |")
+    print(f"\nWorld-model forward (one step, inference mode, "
+          f"{flops_per_transition() / 1e3:.0f} kFLOP/transition)\n")
+    print("| batch | ms / forward | transitions/s | GFLOP/s |")
+    print("|---:|---:|---:|---:|")
+    for r in fwd:
+        print(f"| {r['batch']} | {r['ms_per_forward']:.3f} | {r['transitions_per_s']:,.0f} | "
+              f"{r['gflops']:.1f} |")
+    out = atomic_write_json(args.out, {
+        "benchmark": "planning", "created": now_iso(), "git": git_info(), "machine": mach,
+        "model": {"kind": "residual MLP", "latent_dim": D, "hidden": HIDDEN, "action_dim": A,
+                  "flops_per_transition": flops_per_transition(), "dtype": "float32"},
+        "quick": args.quick, "repeats": repeats, "plans": plans, "forward": fwd})
+    print(f"\nwrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
