@@ -1,0 +1,150 @@
+"""The world-model objective: train an action-conditioned predictor on a frozen encoder's latents.
+
+Not a pretraining objective (not in OBJECTIVES): `jepalab.train.worldmodel` builds it and hands
+it to the one trainer, `fit`.
+
+Latent space (targets, encoder outputs at planning time and predictions all live in it, so the
+planner's energy is a plain distance there): the frozen encoder's tokens, layer-normed over D
+without affine parameters (as JEPA targets) -> [B, N, D] for the transformer predictor; their mean
+over tokens -> [B, D] for the MLP predictor.
+
+Loss over a window of k+1 frames, actions a_0..a_{k-1}:
+    teacher forcing  tf = d(predict(z_0..z_{k-1}, a), z_1..z_k)
+    rollout          ro = d(rollout(z_0, a), z_1..z_k)      (predictions fed back)
+    loss = tf + rollout_weight * ro
+with d the cfg.loss distance averaged over latent dims, tokens and steps (plus the same distance
+on states when the predictor uses them). With k = 1 the two terms are identical.
+"""
+
+from __future__ import annotations
+
+from typing import cast
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from jepalab.config import WorldModelConfig
+from jepalab.errors import JepalabError
+from jepalab.models.ac_predictor import ACPredictor, build_predictor
+from jepalab.models.build import FrozenEncoder
+from jepalab.objectives.base import Batch, Objective
+from jepalab.objectives.jepa import latent_distance
+
+FROZEN = "encoder"  # the ModuleDict entry left out of checkpoints (named by hash instead)
+
+
+def encode_latents(encoder: nn.Module, x: Tensor, pooled: bool) -> Tensor:
+    """Normalised images [B, C, H, W] -> latents [B, N, D] (layer-normed tokens) or [B, D]
+    (their mean over tokens), float32."""
+    h = encoder(x).float()
+    h = F.layer_norm(h, h.shape[-1:])
+    return h.mean(1) if pooled else h
+
+
+def _drop_frozen(module: nn.Module, state_dict: dict, prefix: str, local_metadata: dict) -> None:
+    """state_dict post-hook: the frozen encoder's weights are not saved with the predictor."""
+    for key in [k for k in state_dict if k.startswith(f"{prefix}{FROZEN}.")]:
+        del state_dict[key]
+
+
+def _allow_missing_frozen(module: nn.Module, incompatible: object) -> None:
+    """load_state_dict post-hook: a checkpoint without the frozen encoder's weights is complete.
+    (Keys are full names; the ModuleDict is the root module wherever it is loaded.)"""
+    missing = incompatible.missing_keys  # type: ignore[attr-defined]
+    missing[:] = [k for k in missing if not k.startswith(f"{FROZEN}.")]
+
+
+class WorldModelObjective(Objective):
+    """Teacher-forcing + k-step rollout loss of an action-conditioned predictor."""
+
+    name = "worldmodel"
+    needs_masks = False
+
+    def __init__(self, run: WorldModelConfig, action_dim: int, state_dim: int) -> None:
+        # not Objective.__init__: a world model has its own config, not a pretraining one
+        self.wm = run
+        self.action_dim, self.state_dim = action_dim, state_dim
+        self.pooled = run.predictor.arch == "mlp"
+        self.use_state = run.predictor.use_state
+
+    def build(self, encoder: nn.Module) -> nn.ModuleDict:
+        """encoder: a FrozenEncoder (or any module with `.encoder`, `.embed_dim`, `.grid`).
+
+        Returns {"encoder": the frozen encoder, "predictor": the AC model}; state_dict() of the
+        result holds the predictor only (the encoder is recorded by path and sha256)."""
+        enc = cast(FrozenEncoder, encoder)
+        grid = tuple(enc.grid)
+        if len(grid) != 2:
+            raise JepalabError(
+                f"encoder: a world model needs an image encoder, got a video "
+                f"encoder (token grid {grid})"
+            )
+        enc.eval().requires_grad_(False)
+        predictor = build_predictor(
+            self.wm.predictor,
+            enc.embed_dim,
+            grid,
+            self.action_dim,
+            self.state_dim,
+            context=self.wm.rollout_steps,
+        )
+        models = nn.ModuleDict({FROZEN: enc, "predictor": predictor})
+        models.register_state_dict_post_hook(_drop_frozen)
+        models.register_load_state_dict_post_hook(_allow_missing_frozen)
+        return models
+
+    def trainable(self, models: nn.ModuleDict) -> list[str]:
+        return ["predictor"]
+
+    def latents(self, x: Tensor, models: nn.ModuleDict) -> Tensor:
+        """x [B, T, C, H, W] normalised -> latents [B, T, N, D] or [B, T, D] (no gradient)."""
+        enc = cast(FrozenEncoder, models[FROZEN])
+        enc.eval()  # train_step calls models.train(); the frozen encoder must stay in eval mode
+        b, t = x.shape[:2]
+        with torch.no_grad():
+            z = encode_latents(enc.encoder, x.flatten(0, 1), self.pooled)
+        return z.reshape(b, t, *z.shape[1:])
+
+    def _distance(self, pred: Tensor, target: Tensor) -> Tensor:
+        return latent_distance(pred, target, self.wm.loss).mean()
+
+    def loss(self, batch: Batch, models: nn.ModuleDict) -> tuple[Tensor, dict[str, float]]:
+        if batch.actions is None or batch.x.ndim != 5:
+            raise JepalabError("world-model batches need obs [B, k+1, C, H, W] and actions")
+        k = batch.actions.shape[1]
+        if batch.x.shape[1] != k + 1:
+            raise JepalabError(f"world-model batch: {batch.x.shape[1]} frames for {k} actions")
+        z = self.latents(batch.x, models)
+        pred = cast(ACPredictor, models["predictor"])
+        a = batch.actions.float()
+        s = batch.states.float() if self.use_state and batch.states is not None else None
+        if self.use_state and s is None:
+            raise JepalabError("predictor.use_state is set but the batch has no states")
+        # The predictor runs in fp32 even under bf16 autocast: latent changes between
+        # consecutive frames are small next to bf16's resolution at |z| ~ 1.
+        with torch.autocast(batch.x.device.type, enabled=False):
+            z_tf, s_tf = pred(z[:, :k], a, s[:, :k] if s is not None else None)
+            z_ro, s_ro = pred.rollout_states(z[:, 0], a, s[:, 0] if s is not None else None)
+            target = z[:, 1:]
+            tf = self._distance(z_tf, target)
+            ro = self._distance(z_ro, target)
+            metrics: dict[str, float] = {}
+            if s is not None and s_tf is not None and s_ro is not None:
+                s_tf_loss = self._distance(s_tf, s[:, 1:])
+                s_ro_loss = self._distance(s_ro, s[:, 1:])
+                metrics["state_tf_loss"] = float(s_tf_loss.detach())
+                metrics["state_rollout_loss"] = float(s_ro_loss.detach())
+                tf, ro = tf + s_tf_loss, ro + s_ro_loss
+            loss = tf + self.wm.rollout_weight * ro
+            # reference: the error of predicting "nothing moves" (z_{t+1} = z_t)
+            copy = self._distance(z[:, :k], target)
+        metrics.update(
+            {
+                "loss": float(loss.detach()),
+                "tf_loss": float(tf.detach()),
+                "rollout_loss": float(ro.detach()),
+                "copy_loss": float(copy),
+            }
+        )
+        return loss, metrics

@@ -1,0 +1,214 @@
+"""Train an action-conditioned world model on a frozen encoder, and load it for planning.
+
+    path = train_worldmodel(cfg)          # the one trainer (`fit`), WorldModelObjective
+    wm = load_world_model(path)           # hashes verified, encoder sha256 checked
+    with torch.inference_mode():
+        z0 = wm.encode(pixels)            # uint8 [B, H, W, 3] -> [B, D] or [B, N, D]
+        zs = wm.unroll_from(z0, actions)  # [S, H, A] -> [S, H, ...]
+
+The checkpoint holds the predictor's weights only; its manifest names the encoder checkpoint by
+path and sha256 (`encoder_checkpoint`), the data fingerprint, the train/val episode split and the
+action/state dims. Loading refuses an encoder whose sha256 differs from the recorded one.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from jepalab.config import WorldModelConfig, build
+from jepalab.errors import JepalabError
+from jepalab.models.ac_predictor import ACPredictor, build_predictor
+from jepalab.models.build import FrozenEncoder, load_encoder, normalize_pixels
+from jepalab.objectives.worldmodel import WorldModelObjective, encode_latents
+from jepalab.train.checkpoint import checkpoint_sha, load_checkpoint, read_manifest
+from jepalab.train.loop import fit
+
+
+def _image_size(encoder: FrozenEncoder) -> int:
+    return int(encoder.config["data"]["image_size"])
+
+
+def train_worldmodel(
+    cfg: WorldModelConfig, resume: bool = False, progress: bool = True, tracker: Any = None
+) -> Path:
+    """Train the predictor of `cfg` on its frozen encoder; returns the final checkpoint."""
+    from jepalab.data.loaders import TransitionDataset, split_episodes
+    from jepalab.data.store import TrajectoryStore
+
+    encoder = load_encoder(cfg.encoder)
+    store = TrajectoryStore.open(cfg.data.path)
+    if store.image_shape[0] != _image_size(encoder):
+        raise JepalabError(
+            f"data.path: frames of {cfg.data.path} are {store.image_shape[0]} px, the encoder "
+            f"{cfg.encoder} was trained on {_image_size(encoder)} px"
+        )
+    train_eps, val_eps = split_episodes(store, cfg.data.val_fraction, cfg.seed)
+    dataset = TransitionDataset(store, cfg.rollout_steps, episodes=train_eps)
+    torch.manual_seed(cfg.seed)  # the predictor's initialisation
+    objective = WorldModelObjective(cfg, store.action_dim, store.state_dim)
+    models = objective.build(encoder)
+    z_shape = ([] if objective.pooled else [int(np.prod(encoder.grid))]) + [encoder.embed_dim]
+    meta = {
+        "encoder_checkpoint": {
+            "path": str(cfg.encoder),
+            "resolved_path": str(Path(cfg.encoder).resolve()),
+            "sha256": encoder.sha256,
+        },
+        "data_path": str(cfg.data.path),
+        "data_fingerprint": store.fingerprint(),
+        "split": {
+            "seed": cfg.seed,
+            "val_fraction": cfg.data.val_fraction,
+            "train_episodes": train_eps.tolist(),
+            "val_episodes": val_eps.tolist(),
+        },
+        "action_dim": store.action_dim,
+        "state_dim": store.state_dim,
+        "latent": {
+            "kind": "pooled" if objective.pooled else "tokens",
+            "shape": z_shape,
+            "layernorm": True,
+            "image_size": _image_size(encoder),
+        },
+    }
+    return fit(
+        cfg,
+        objective,
+        models,
+        dataset,
+        None,
+        meta,
+        resume,
+        progress,
+        tracker,
+        workers=cfg.data.workers,
+    )
+
+
+class WorldModel(nn.Module):
+    """A frozen encoder + an action-conditioned predictor: the planner's model.
+
+    Inputs and outputs stay on the module's device (no moves inside); call under
+    `torch.inference_mode()`. Latents are [B, D] (mlp) or [B, N, D] (transformer)."""
+
+    def __init__(
+        self, encoder: FrozenEncoder, predictor: ACPredictor, pooled: bool, manifest: dict[str, Any]
+    ) -> None:
+        super().__init__()
+        self.encoder = encoder.eval().requires_grad_(False)
+        self.predictor = predictor.eval().requires_grad_(False)
+        self.pooled = pooled
+        self.manifest = manifest
+
+    @property
+    def encoder_sha256(self) -> str:
+        return self.encoder.sha256
+
+    @property
+    def action_dim(self) -> int:
+        return self.predictor.action_dim
+
+    @property
+    def state_dim(self) -> int:
+        """Dims of the state the predictor takes (0: pixels only, the planner's case)."""
+        return self.predictor.state_dim
+
+    @property
+    def val_episodes(self) -> list[int]:
+        return list(self.manifest["split"]["val_episodes"])
+
+    def encode(self, pixels: Tensor) -> Tensor:
+        """uint8 [B, H, W, 3] -> latents [B, D] or [B, N, D]."""
+        if pixels.dtype != torch.uint8 or pixels.ndim != 4 or pixels.shape[-1] != 3:
+            raise JepalabError(
+                f"WorldModel.encode: needs uint8 [B, H, W, 3], got "
+                f"{pixels.dtype} {list(pixels.shape)}"
+            )
+        x = normalize_pixels(pixels.movedim(-1, -3))
+        return encode_latents(self.encoder.encoder, x, self.pooled)
+
+    def predict(self, z: Tensor, a: Tensor, s: Tensor | None = None) -> Tensor:
+        """One step: z [B, ...], a [B, A] (s [B, S]) -> z_next [B, ...]."""
+        s_hist = s[:, None] if s is not None else None
+        return self.predictor.predict(z[:, None], a[:, None], s_hist)[:, 0]
+
+    def rollout(self, z0: Tensor, actions: Tensor, s0: Tensor | None = None) -> Tensor:
+        """z0 [B, ...], actions [B, H, A] (s0 [B, S]) -> latents [B, H, ...] of frames 1..H."""
+        self._check_actions(actions)
+        return self.predictor.rollout(z0, actions.to(z0.dtype), s0)
+
+    def unroll_from(self, z0: Tensor, actions: Tensor) -> Tensor:
+        """The planner's call: z0 [1 or S, ...], actions [S, H, A] -> latents [S, H, ...]."""
+        if self.state_dim:
+            raise JepalabError(
+                "this world model was trained with predictor.use_state; the "
+                "planner gives pixels only (use rollout(z0, actions, s0))"
+            )
+        self._check_actions(actions)
+        if z0.shape[0] == 1:
+            z0 = z0.expand(actions.shape[0], *z0.shape[1:])
+        elif z0.shape[0] != actions.shape[0]:
+            raise JepalabError(
+                f"unroll_from: z0 has {z0.shape[0]} rows, actions "
+                f"{actions.shape[0]} (need 1 or equal)"
+            )
+        return self.predictor.rollout(z0, actions.to(z0.dtype))
+
+    def _check_actions(self, actions: Tensor) -> None:
+        if actions.ndim != 3 or actions.shape[-1] != self.action_dim:
+            raise JepalabError(
+                f"world model: actions must be [B, H, {self.action_dim}], got {list(actions.shape)}"
+            )
+
+
+def load_world_model(path: str | Path, encoder: str | Path | None = None) -> WorldModel:
+    """A world-model checkpoint -> WorldModel (eval mode, CPU), every hash verified.
+
+    encoder: where to find the encoder checkpoint if it moved (default: the recorded path); it
+    must have the recorded sha256 either way."""
+    manifest = read_manifest(path)
+    if manifest.get("kind") != "worldmodel":
+        raise JepalabError(f"{path}: not a world-model checkpoint (kind={manifest.get('kind')})")
+    manifest, tensors = load_checkpoint(path, names=("model",))
+    cfg = build(WorldModelConfig, manifest["config"], source=f"{path}/manifest.json")
+    rec = manifest["encoder_checkpoint"]
+    if encoder is not None:
+        enc_path = Path(encoder)
+    else:  # the path as given at training time (relative to that cwd), else its resolved form
+        found = [
+            p
+            for p in (Path(rec["path"]), Path(rec["resolved_path"]))
+            if (p / "manifest.json").is_file()
+        ]
+        enc_path = found[0] if found else Path(rec["path"])
+    sha = checkpoint_sha(enc_path)
+    if sha != rec["sha256"]:
+        raise JepalabError(
+            f"{path}: encoder checkpoint {enc_path} has sha256 {sha[:12]}, but this world model "
+            f"was trained on {rec['sha256'][:12]}; refusing to pair them"
+        )
+    enc = load_encoder(enc_path)
+    if enc.sha256 != rec["sha256"]:  # re-read after the verified load (no race with a rewrite)
+        raise JepalabError(f"{path}: encoder checkpoint {enc_path} changed while loading")
+    pooled = manifest["latent"]["kind"] == "pooled"
+    predictor = build_predictor(
+        cfg.predictor,
+        enc.embed_dim,
+        tuple(enc.grid),
+        manifest["action_dim"],
+        manifest["state_dim"],
+        context=cfg.rollout_steps,
+    )
+    prefix = "predictor."
+    weights = {k[len(prefix) :]: v for k, v in tensors["model"].items() if k.startswith(prefix)}
+    try:
+        predictor.load_state_dict(weights)
+    except RuntimeError as e:
+        first = str(e).splitlines()[0]
+        raise JepalabError(f"{path}: predictor weights do not match its config ({first})") from None
+    return WorldModel(enc, predictor, pooled, manifest)

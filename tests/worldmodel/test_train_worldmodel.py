@@ -1,0 +1,251 @@
+"""End to end on a tiny two-rooms dataset: train_worldmodel -> load_world_model -> diagnostics."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from jepalab.cli import main
+from jepalab.config import WorldModelConfig
+from jepalab.data.collect import collect
+from jepalab.data.store import TrajectoryStore
+from jepalab.errors import JepalabError
+from jepalab.eval.rollout import plot_diagnostics, rollout_error_vs_horizon, true_action_rank
+from jepalab.train.checkpoint import load_checkpoint, save_checkpoint
+from jepalab.train.worldmodel import load_world_model, train_worldmodel
+from tiny import TINY
+
+WM_TINY = [
+    "--batch_size=8",
+    "--predictor.dim=32",
+    "--predictor.depth=2",
+    "--predictor.heads=2",
+    "--optim.warmup_steps=2",
+    "--optim.lr=3e-3",
+    "--log_every=1",
+    "--data.val_fraction=0.3",
+]
+
+
+@pytest.fixture(scope="module")
+def tiny_inputs(tmp_path_factory) -> tuple[Path, Path]:
+    """(two-rooms dataset of 6 short 32 px episodes, a 4-step micro-ViT pretraining checkpoint)."""
+    root = tmp_path_factory.mktemp("wm")
+    data = collect("two-rooms", 6, root / "data", image_size=32, max_steps=12, progress=False)
+    run = root / "pretrain"
+    assert (
+        main(["pretrain", "--quiet", f"--out_dir={run}", "--steps=4", "--ckpt_every=4", *TINY]) == 0
+    )
+    return data, run / "checkpoints" / "step_0000004"
+
+
+def _cfg(out: Path, enc: Path, data: Path, *extra: str) -> WorldModelConfig:
+    from jepalab.config import load
+
+    return load(
+        WorldModelConfig,
+        None,
+        [f"--out_dir={out}", f"--encoder={enc}", f"--data.path={data}", *WM_TINY, *extra],
+    )
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_inputs, tmp_path_factory) -> Path:
+    data, enc = tiny_inputs
+    out = tmp_path_factory.mktemp("wmrun") / "mlp"
+    rc = main(
+        [
+            "worldmodel",
+            "--quiet",
+            f"--out_dir={out}",
+            f"--encoder={enc}",
+            f"--data.path={data}",
+            "--steps=40",
+            "--ckpt_every=20",
+            *WM_TINY,
+        ]
+    )
+    assert rc == 0
+    return out / "checkpoints" / "step_0000040"
+
+
+def test_checkpoint_records_encoder_data_split_and_holds_predictor_only(trained, tiny_inputs):
+    data, enc = tiny_inputs
+    manifest, tensors = load_checkpoint(trained)
+    assert manifest["kind"] == "worldmodel"
+    enc_manifest = json.loads((enc / "manifest.json").read_text())
+    assert manifest["encoder_checkpoint"] == {
+        "path": str(enc),
+        "resolved_path": str(enc.resolve()),
+        "sha256": enc_manifest["files"]["model.safetensors"]["sha256"],
+    }
+    store = TrajectoryStore.open(data)
+    assert manifest["data_fingerprint"] == store.fingerprint()
+    split = manifest["split"]
+    assert sorted(split["train_episodes"] + split["val_episodes"]) == list(range(6))
+    assert split["val_episodes"] and not set(split["train_episodes"]) & set(split["val_episodes"])
+    assert manifest["action_dim"] == 2 and manifest["state_dim"] == 4
+    assert manifest["latent"] == {
+        "kind": "pooled",
+        "shape": [64],
+        "layernorm": True,
+        "image_size": 32,
+    }
+    keys = load_file(trained / "model.safetensors").keys()
+    assert keys and all(k.startswith("predictor.") for k in keys)
+    rows = [
+        json.loads(ln) for ln in (trained.parents[1] / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert len(rows) == 40 and {"tf_loss", "rollout_loss", "copy_loss"} <= rows[0].keys()
+    first = np.mean([r["loss"] for r in rows[:5]])
+    last = np.mean([r["loss"] for r in rows[-5:]])
+    assert last < first, (first, last)
+
+
+def test_load_world_model_planner_contract(trained):
+    wm = load_world_model(trained)
+    assert wm.action_dim == 2 and wm.state_dim == 0 and len(wm.encoder_sha256) == 64
+    g = torch.Generator().manual_seed(0)
+    pixels = torch.randint(0, 256, (3, 32, 32, 3), dtype=torch.uint8, generator=g)
+    acts = torch.rand(5, 4, 2, generator=g) * 2 - 1
+    with torch.inference_mode():
+        z = wm.encode(pixels)
+        assert z.shape == (3, 64)
+        assert wm.predict(z, acts[:3, 0]).shape == (3, 64)
+        out = wm.unroll_from(z[:1], acts)
+        assert out.shape == (5, 4, 64)
+        torch.testing.assert_close(out, wm.rollout(z[:1].repeat(5, 1), acts))
+        torch.testing.assert_close(out[:, 0], wm.predict(z[:1].repeat(5, 1), acts[:, 0]))
+        with pytest.raises(JepalabError, match="need 1 or equal"):
+            wm.unroll_from(z, acts)
+        with pytest.raises(JepalabError, match="uint8"):
+            wm.encode(pixels.float())
+
+
+def test_diagnostics_on_held_out_episodes(trained, tiny_inputs, tmp_path):
+    data, _ = tiny_inputs
+    wm = load_world_model(trained)
+    store = TrajectoryStore.open(data)
+    ro = rollout_error_vs_horizon(
+        wm, store, horizon=3, n_windows=12, seed=0, probe=lambda z: np.zeros((len(z), 4))
+    )
+    assert ro["horizon"] == [1, 2, 3] and ro["episodes"] == wm.val_episodes
+    for key in ("l1", "l2", "copy_l1", "state_error", "state_error_encoded"):
+        mean, ci = np.array(ro[key]["mean"]), np.array(ro[key]["ci95"])
+        assert mean.shape == (3,) and ci.shape == (3, 2) and (mean > 0).all()
+        assert (ci[:, 0] <= mean + 1e-9).all() and (mean <= ci[:, 1] + 1e-9).all()
+    assert ro == rollout_error_vs_horizon(
+        wm, store, horizon=3, n_windows=12, seed=0, probe=lambda z: np.zeros((len(z), 4))
+    )
+    rk = true_action_rank(
+        wm,
+        store,
+        n_candidates=15,
+        horizon=2,
+        seed=0,
+        n_transitions=10,
+        action_low=-1.0,
+        action_high=1.0,
+    )
+    ranks = np.array(rk["ranks"])
+    assert rk["n"] == len(ranks) == 10 and ((ranks >= 1) & (ranks <= 16)).all()
+    assert 0.0 <= rk["mean_normalized_rank"] <= 1.0
+    assert rk["action_bounds"] == {"low": [-1.0, -1.0], "high": [1.0, 1.0]}
+    png = plot_diagnostics({"rollout": ro, "rank": rk}, tmp_path / "diag.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_true_action_rank_finds_the_action_of_a_perfect_model(trained, tiny_inputs):
+    """With an oracle predictor (latents = the true next latent only for the true action) the
+    true action ranks first: the diagnostic measures what it claims."""
+    data, _ = tiny_inputs
+    wm = load_world_model(trained)
+    store = TrajectoryStore.open(data)
+    rk = true_action_rank(wm, store, n_candidates=7, horizon=1, seed=1, n_transitions=6)
+    assert 0 <= rk["frac_rank1"] <= 1
+    known = []  # (z_t, a_t, z_{t+1}) of every held-out transition
+    for e in wm.val_episodes:
+        ep = store.episode(e)
+        with torch.inference_mode():
+            zz = wm.encode(torch.from_numpy(ep["frames"]))
+        known += [(zz[t], torch.from_numpy(a), zz[t + 1]) for t, a in enumerate(ep["actions"])]
+
+    def oracle_rollout(z0, actions, s0=None):  # the true next latent for the true action only
+        out = torch.full((len(z0), 1, z0.shape[-1]), 5.0)
+        for i, (z, a) in enumerate(zip(z0, actions)):
+            for zk, ak, nk in known:
+                if torch.equal(a[0], ak) and torch.allclose(z, zk, atol=1e-5):
+                    out[i, 0] = nk
+        return out
+
+    wm.rollout = oracle_rollout
+    rk = true_action_rank(wm, store, n_candidates=7, horizon=1, seed=1, n_transitions=6)
+    assert rk["frac_rank1"] == 1.0 and rk["mean_normalized_rank"] == 0.0
+
+
+def test_refuses_an_encoder_whose_sha_differs(trained, tiny_inputs, tmp_path):
+    data, enc = tiny_inputs
+    copy = tmp_path / "enc"
+    shutil.copytree(enc, copy)
+    out = tmp_path / "wm"
+    path = train_worldmodel(_cfg(out, copy, data, "--steps=3", "--ckpt_every=3"), progress=False)
+    assert load_world_model(path).encoder_sha256 == load_world_model(trained).encoder_sha256
+    # a re-trained encoder at the same path: a valid checkpoint with other weights
+    manifest, tensors = load_checkpoint(copy)
+    w = {k: v + 0.01 if v.is_floating_point() else v for k, v in tensors["model"].items()}
+    meta = {
+        k: v
+        for k, v in manifest.items()
+        if k not in ("files", "format", "created_at", "jepalab_version", "git")
+    }
+    save_checkpoint(copy, {"model": w}, meta)
+    with pytest.raises(JepalabError, match="refusing to pair"):
+        load_world_model(path)
+    # the original encoder, found elsewhere, is accepted
+    assert (
+        load_world_model(path, encoder=enc).encoder_sha256
+        == manifest["files"]["model.safetensors"]["sha256"]
+    )
+    # a tampered weights file (manifest not updated) is caught by the checkpoint hash
+    shutil.rmtree(copy)
+    shutil.copytree(enc, copy)
+    with open(copy / "model.safetensors", "r+b") as f:
+        f.seek(-4, 2)
+        f.write(b"\x00\x01\x02\x03")
+    with pytest.raises(JepalabError, match="sha256 mismatch"):
+        load_world_model(path)
+
+
+def test_resume_matches_uninterrupted_and_transformer_variant(tiny_inputs, tmp_path):
+    data, enc = tiny_inputs
+    common = [
+        "--steps=6",
+        "--ckpt_every=3",
+        "--keep_ckpts=3",
+        "--predictor.arch=transformer",
+        "--rollout_steps=2",
+    ]
+    ref = train_worldmodel(_cfg(tmp_path / "ref", enc, data, *common), progress=False)
+    cut_dir = tmp_path / "cut"
+    train_worldmodel(_cfg(cut_dir, enc, data, *common), progress=False)
+    shutil.rmtree(cut_dir / "checkpoints" / "step_0000006")
+    train_worldmodel(_cfg(cut_dir, enc, data, *common), resume=True, progress=False)
+
+    def losses(run: Path) -> list[float]:
+        return [json.loads(ln)["loss"] for ln in (run / "metrics.jsonl").read_text().splitlines()]
+
+    assert losses(cut_dir) == losses(tmp_path / "ref") and len(losses(cut_dir)) == 6
+    wm = load_world_model(ref)
+    pixels = torch.zeros(1, 32, 32, 3, dtype=torch.uint8)
+    with torch.inference_mode():
+        z = wm.encode(pixels)
+        assert z.shape == (1, 16, 64)
+        assert wm.unroll_from(z, torch.zeros(7, 5, 2)).shape == (7, 5, 16, 64)
+    with pytest.raises(JepalabError, match="already has checkpoints"):
+        train_worldmodel(_cfg(cut_dir, enc, data, *common), progress=False)

@@ -1,0 +1,95 @@
+"""The world-model objective: k=1 identity, loss composition, frozen encoder, checkpoint keys."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from jepalab.config import WorldModelConfig
+from jepalab.models.build import FrozenEncoder
+from jepalab.models.vit import vit
+from jepalab.objectives import OBJECTIVES, Batch
+from jepalab.objectives.worldmodel import WorldModelObjective
+
+A, S = 2, 4
+
+
+def _cfg(arch: str, k: int, use_state: bool = False, **kw) -> WorldModelConfig:
+    return WorldModelConfig(
+        encoder="unused",
+        data={"path": "unused"},
+        rollout_steps=k,
+        predictor={"arch": arch, "dim": 16, "depth": 1, "heads": 2, "use_state": use_state},
+        **kw,
+    )
+
+
+def _setup(arch: str, k: int, use_state: bool = False, **kw):
+    torch.manual_seed(0)
+    enc = FrozenEncoder(vit("micro", img_size=16, patch_size=8, depth=1), "0" * 64, {})
+    obj = WorldModelObjective(_cfg(arch, k, use_state, **kw), A, S)
+    models = obj.build(enc)
+    g = torch.Generator().manual_seed(1)
+    batch = Batch(
+        x=torch.randn(3, k + 1, 3, 16, 16, generator=g),
+        masks=[],
+        generator=g,
+        actions=torch.randn(3, k, A, generator=g),
+        states=torch.randn(3, k + 1, S, generator=g),
+    )
+    return obj, models, batch
+
+
+@pytest.mark.parametrize(
+    "arch,use_state", [("mlp", False), ("transformer", False), ("mlp", True), ("transformer", True)]
+)
+def test_rollout_loss_equals_teacher_forcing_when_k_is_1(arch, use_state):
+    obj, models, batch = _setup(arch, 1, use_state)
+    loss, m = obj.loss(batch, models)
+    assert m["tf_loss"] > 0
+    assert m["rollout_loss"] == pytest.approx(m["tf_loss"], rel=1e-6)
+    assert float(loss.detach()) == pytest.approx(2 * m["tf_loss"], rel=1e-6)
+
+
+@pytest.mark.parametrize("arch", ["mlp", "transformer"])
+def test_k_step_loss_composition_and_frozen_encoder(arch):
+    obj, models, batch = _setup(arch, 3, rollout_weight=0.5)
+    loss, m = obj.loss(batch, models)
+    assert m["rollout_loss"] != pytest.approx(m["tf_loss"], rel=1e-4)  # errors compound
+    assert float(loss.detach()) == pytest.approx(m["tf_loss"] + 0.5 * m["rollout_loss"], rel=1e-6)
+    assert m["copy_loss"] > 0
+    loss.backward()
+    assert all(p.grad is None for p in models["encoder"].parameters())
+    assert any(
+        p.grad is not None and p.grad.abs().sum() > 0 for p in models["predictor"].parameters()
+    )
+    assert obj.trainable(models) == ["predictor"]
+
+
+def test_checkpoint_holds_the_predictor_only_and_loads_strictly():
+    obj, models, _ = _setup("transformer", 2)
+    sd = models.state_dict()
+    assert sd and all(k.startswith("predictor.") for k in sd)
+    _, fresh, _ = _setup("transformer", 2)
+    with torch.no_grad():
+        for p in fresh["predictor"].parameters():
+            p.add_(1.0)
+    fresh.load_state_dict(sd)  # strict: the encoder's keys may be absent, nothing else
+    for k, v in fresh.state_dict().items():
+        torch.testing.assert_close(v, sd[k])
+    broken = {k: v for k, v in sd.items() if "proj_out" not in k}
+    with pytest.raises(RuntimeError, match="proj_out"):
+        fresh.load_state_dict(broken)
+
+
+def test_not_a_pretraining_objective():
+    assert "worldmodel" not in OBJECTIVES
+
+
+def test_latents_are_layer_normed_tokens_or_their_mean():
+    obj, models, batch = _setup("transformer", 1)
+    z = obj.latents(batch.x, models)
+    assert z.shape == (3, 2, 4, 64)
+    torch.testing.assert_close(z.mean(-1), torch.zeros(3, 2, 4), atol=1e-5, rtol=0)
+    obj_m, models_m, _ = _setup("mlp", 1)
+    torch.testing.assert_close(obj_m.latents(batch.x, models_m), z.mean(2))
