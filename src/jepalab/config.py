@@ -57,6 +57,14 @@ class ModelConfig(Config):
     pred_dim: int = Field(96, ge=8)
     pred_heads: int = Field(4, ge=1)
     grad_checkpointing: bool = False
+    pos_embed: Literal["sincos", "stored", "rope", "rope_vjepa2"] = Field(
+        "sincos",
+        description="positions of encoder and predictor: fixed sin-cos, a stored fixed table "
+        "(imported I-JEPA/V-JEPA weights), or rotary (rope_vjepa2: V-JEPA 2's layout)",
+    )
+    pred_mask_tokens: int = Field(
+        1, ge=1, description="learned predictor mask tokens (V-JEPA keeps one per mask kind)"
+    )
 
 
 class MaskConfig(Config):

@@ -1,20 +1,32 @@
 """Vision Transformer encoder and JEPA predictor (image and video, one code path).
 
-Tokens are patches (2-D) or tubelets (3-D); fixed sin-cos position embeddings; pre-norm blocks
-with `scaled_dot_product_attention`. Masked inputs are index lists into the flattened token grid
-plus a keep-mask for padding, so samples in a batch may keep different numbers of tokens.
+Tokens are patches (2-D) or tubelets (3-D); pre-norm blocks with `scaled_dot_product_attention`.
+Masked inputs are index lists into the flattened token grid plus a keep-mask for padding, so
+samples in a batch may keep different numbers of tokens.
+
+Positions (`pos`): "sincos" (default) adds fixed sin-cos embeddings; "stored" adds a fixed table
+that is saved with the weights (for imported models whose table differs from ours); "rope" and
+"rope_vjepa2" add nothing and rotate q and k in every attention layer by each token's grid
+position (see `jepalab.models.rope`), using the kept tokens' positions for masked inputs.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
+
+from jepalab.models.rope import Rotary, apply_rope
+
+PosKind = Literal["sincos", "stored", "rope", "rope_vjepa2"]
+POS_KINDS = ("sincos", "stored", "rope", "rope_vjepa2")
+Rope = tuple[Tensor, Tensor]  # (cos, sin) [B or 1, N, head_dim]
 
 
 def sincos_1d(dim: int, pos: Tensor) -> Tensor:
@@ -75,8 +87,10 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, mask: Tensor | None = None, rope: Rope | None = None) -> Tensor:
         q, k, v = rearrange(self.qkv(x), "b n (three h d) -> three b h n d", three=3, h=self.heads)
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return self.proj(rearrange(out, "b h n d -> b n (h d)"))
 
@@ -92,8 +106,8 @@ class Block(nn.Module):
         hidden = int(dim * mlp_ratio)
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
 
-    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
-        x = x + self.attn(self.norm1(x), mask)
+    def forward(self, x: Tensor, mask: Tensor | None = None, rope: Rope | None = None) -> Tensor:
+        x = x + self.attn(self.norm1(x), mask, rope)
         return x + self.mlp(self.norm2(x))
 
 
@@ -106,18 +120,34 @@ class Transformer(nn.Module):
         self.norm = nn.LayerNorm(dim, eps=1e-6)
         self.grad_checkpointing = ckpt
 
-    def forward(self, x: Tensor, mask: Tensor | None) -> Tensor:
+    def forward(self, x: Tensor, mask: Tensor | None, rope: Rope | None = None) -> Tensor:
         for blk in self.blocks:
             if self.grad_checkpointing and self.training:
-                x = checkpoint(blk, x, mask, use_reentrant=False)
+                x = checkpoint(blk, x, mask, rope, use_reentrant=False)
             else:
-                x = blk(x, mask)
+                x = blk(x, mask, rope)
         return self.norm(x)
 
 
 def gather_tokens(x: Tensor, idx: Tensor) -> Tensor:
     """x [B, N, D], idx [B, K] -> [B, K, D]."""
     return torch.gather(x, 1, idx.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+
+
+def _positions(
+    module: nn.Module, pos: str, grid: tuple[int, ...], dim: int, heads: int
+) -> Rotary | None:
+    """Register `module.pos_embed` (None for RoPE) and return the RoPE tables (None otherwise)."""
+    if pos not in POS_KINDS:
+        raise ValueError(f"unknown position scheme '{pos}' (choose from {', '.join(POS_KINDS)})")
+    if pos in ("sincos", "stored"):
+        # "stored" starts from our sin-cos table so a fresh model still knows positions; it is
+        # persistent so an imported table is saved and loaded with the weights.
+        table = sincos_pos_embed(dim, grid)
+        module.register_buffer("pos_embed", table, persistent=pos == "stored")
+        return None
+    module.register_buffer("pos_embed", None)
+    return Rotary(grid, dim // heads, pos)  # type: ignore[arg-type]
 
 
 def _init_weights(m: nn.Module) -> None:
@@ -135,7 +165,10 @@ class ViT(nn.Module):
 
     x: images [B, C, H, W], or clips [B, T, C, H, W] when built with `frames > 1`.
     idx/keep: optional [B, K] token indices to keep (the context) and their padding mask.
+    pos: position scheme (module docstring); with RoPE, kept tokens keep their grid positions.
     """
+
+    pos_embed: Tensor | None
 
     def __init__(
         self,
@@ -149,9 +182,11 @@ class ViT(nn.Module):
         frames: int = 1,
         tubelet: int = 2,
         grad_checkpointing: bool = False,
+        pos: PosKind = "sincos",
     ) -> None:
         super().__init__()
         self.embed_dim = embed_dim
+        self.pos = pos
         side = img_size // patch_size
         self.grid: tuple[int, ...] = (
             (side, side) if frames == 1 else (frames // tubelet, side, side)
@@ -159,7 +194,7 @@ class ViT(nn.Module):
         self.patch_embed = PatchEmbed(
             in_chans, embed_dim, patch_size, None if frames == 1 else tubelet
         )
-        self.register_buffer("pos_embed", sincos_pos_embed(embed_dim, self.grid), persistent=False)
+        self.rope = _positions(self, pos, self.grid, embed_dim, num_heads)
         self.trunk = Transformer(embed_dim, depth, num_heads, mlp_ratio, grad_checkpointing)
         self.apply(_init_weights)
         _rescale_blocks(self.trunk)
@@ -169,10 +204,13 @@ class ViT(nn.Module):
         return math.prod(self.grid)
 
     def forward(self, x: Tensor, idx: Tensor | None = None, keep: Tensor | None = None) -> Tensor:
-        tokens = self.patch_embed(x) + self.pos_embed.to(x.dtype)
+        tokens = self.patch_embed(x)
+        if self.pos_embed is not None:
+            tokens = tokens + self.pos_embed.to(x.dtype)
         if idx is not None:
             tokens = gather_tokens(tokens, idx)
-        return self.trunk(tokens, key_mask(keep))
+        rope = self.rope(idx) if self.rope is not None else None
+        return self.trunk(tokens, key_mask(keep), rope)
 
     encode = forward
 
@@ -194,8 +232,11 @@ class Predictor(nn.Module):
     forward(z [B, Nc, D], ctx_idx [B, Nc], ctx_keep [B, Nc], tgt_idx [B, M, Nt],
             tgt_keep [B, M, Nt]) -> predicted target embeddings [B, M, Nt, D].
     Each of the M target blocks is predicted in its own sequence (the blocks do not see each
-    other), as in I-JEPA.
+    other), as in I-JEPA. `num_mask_tokens` > 1 keeps one learned mask token per mask kind
+    (V-JEPA); `mask_index` picks it (modulo their number). `pos` as for `ViT`.
     """
+
+    pos_embed: Tensor | None
 
     def __init__(
         self,
@@ -205,12 +246,15 @@ class Predictor(nn.Module):
         depth: int = 4,
         num_heads: int = 4,
         mlp_ratio: float = 4.0,
+        pos: PosKind = "sincos",
+        num_mask_tokens: int = 1,
     ) -> None:
         super().__init__()
         self.grid = grid
+        self.pos = pos
         self.proj_in = nn.Linear(embed_dim, pred_dim)
-        self.mask_token = nn.Parameter(torch.zeros(1, 1, pred_dim))
-        self.register_buffer("pos_embed", sincos_pos_embed(pred_dim, grid), persistent=False)
+        self.mask_token = nn.Parameter(torch.zeros(num_mask_tokens, 1, pred_dim))  # [K, 1, P]
+        self.rope = _positions(self, pos, grid, pred_dim, num_heads)
         self.trunk = Transformer(pred_dim, depth, num_heads, mlp_ratio, False)
         self.proj_out = nn.Linear(pred_dim, embed_dim)
         self.apply(_init_weights)
@@ -218,15 +262,28 @@ class Predictor(nn.Module):
         _rescale_blocks(self.trunk)
 
     def forward(
-        self, z: Tensor, ctx_idx: Tensor, ctx_keep: Tensor, tgt_idx: Tensor, tgt_keep: Tensor
+        self,
+        z: Tensor,
+        ctx_idx: Tensor,
+        ctx_keep: Tensor,
+        tgt_idx: Tensor,
+        tgt_keep: Tensor,
+        mask_index: int = 0,
     ) -> Tensor:
         b, m, nt = tgt_idx.shape
-        pos = self.pos_embed.to(z.dtype)
-        ctx = self.proj_in(z) + pos[ctx_idx]
+        ctx = self.proj_in(z)
+        tgt = self.mask_token[mask_index % len(self.mask_token)].expand(b * m, nt, -1)
+        if self.pos_embed is not None:
+            pos = self.pos_embed.to(z.dtype)
+            ctx = ctx + pos[ctx_idx]
+            tgt = tgt + pos[tgt_idx.reshape(b * m, nt)]  # [B*M, Nt, P]
         ctx = ctx.repeat_interleave(m, dim=0)  # [B*M, Nc, P]
-        tgt = self.mask_token + pos[tgt_idx.reshape(b * m, nt)]  # [B*M, Nt, P]
         keep = torch.cat([ctx_keep.repeat_interleave(m, dim=0), tgt_keep.reshape(b * m, nt)], 1)
-        out = self.trunk(torch.cat([ctx, tgt], dim=1), key_mask(keep))
+        rope = None
+        if self.rope is not None:
+            idx = torch.cat([ctx_idx.repeat_interleave(m, dim=0), tgt_idx.reshape(b * m, nt)], 1)
+            rope = self.rope(idx)
+        out = self.trunk(torch.cat([ctx, tgt], dim=1), key_mask(keep), rope)
         return self.proj_out(out[:, ctx.shape[1] :]).reshape(b, m, nt, -1)
 
 
