@@ -12,11 +12,11 @@ from jepalab.objectives import OBJECTIVES, build_objective
 
 CONFIGS = Path(__file__).parents[2] / "configs"
 BASELINES = {"mae": "mae_tiny.yaml", "contrastive": "contrastive_tiny.yaml",
-             "vicreg": "vicreg_tiny.yaml"}
+             "vicreg": "vicreg_tiny.yaml", "sigreg": "sigreg_tiny.yaml"}
 
 
 def test_all_objectives_registered():
-    assert {"jepa", "mae", "contrastive", "vicreg"} <= set(OBJECTIVES)
+    assert {"jepa", "mae", "contrastive", "vicreg", "sigreg"} <= set(OBJECTIVES)
 
 
 def test_unknown_objective_lists_the_names(capsys):

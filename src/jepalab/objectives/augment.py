@@ -132,17 +132,22 @@ def augment(x: Tensor, generator: torch.Generator, p: AugmentParams) -> Tensor:
     frames = x.reshape(b * t, *x.shape[-3:])
     if frames.shape[1] != 3:
         raise ValueError(f"augment: expected 3 colour channels, got shape {tuple(x.shape)}")
-    u = uniform(generator, b, 11).to(x.device).repeat_interleave(t, dim=0)  # [B*T, 11]
-    theta = crop_affine(u[:, :5].cpu(), p).to(device=x.device, dtype=frames.dtype)
+    u = uniform(generator, b, 11).repeat_interleave(t, dim=0)  # [B*T, 11], one draw per clip
+    theta = crop_affine(u[:, :5], p).to(device=x.device, dtype=frames.dtype)
     grid = F.affine_grid(theta, list(frames.shape), align_corners=False)
     out = F.grid_sample(frames, grid, mode="bilinear", padding_mode="border", align_corners=False)
-    out = colour(out * PIXEL_STD + PIXEL_MEAN, u[:, 5:].to(out.dtype), p)
+    out = colour(out * PIXEL_STD + PIXEL_MEAN, u[:, 5:].to(device=x.device, dtype=out.dtype), p)
     return ((out - PIXEL_MEAN) / PIXEL_STD).reshape(x.shape)
 
 
-def two_views(x: Tensor, generator: torch.Generator, p: AugmentParams) -> tuple[Tensor, Tensor]:
-    """Two independent augmentations of the same batch (the positive pairs).
+def views(x: Tensor, generator: torch.Generator, p: AugmentParams, n: int) -> list[Tensor]:
+    """n independent augmentations of the same batch (the positives of each sample).
 
     Runs outside autocast: pixel arithmetic in bf16 would quantise the colours."""
     with torch.autocast(x.device.type, enabled=False):
-        return augment(x, generator, p), augment(x, generator, p)
+        return [augment(x, generator, p) for _ in range(n)]
+
+
+def two_views(x: Tensor, generator: torch.Generator, p: AugmentParams) -> tuple[Tensor, Tensor]:
+    v1, v2 = views(x, generator, p, 2)
+    return v1, v2
