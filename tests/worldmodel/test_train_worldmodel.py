@@ -91,14 +91,24 @@ def test_checkpoint_records_encoder_data_split_and_holds_predictor_only(trained,
     assert sorted(split["train_episodes"] + split["val_episodes"]) == list(range(6))
     assert split["val_episodes"] and not set(split["train_episodes"]) & set(split["val_episodes"])
     assert manifest["action_dim"] == 2 and manifest["state_dim"] == 4
+    n_train = int(store.episode_lengths[split["train_episodes"]].sum())
     assert manifest["latent"] == {
         "kind": "pooled",
         "shape": [64],
         "layernorm": True,
+        "standardised": {"frames": n_train, "sampled_from": "train_episodes"},
         "image_size": 32,
     }
     keys = load_file(trained / "model.safetensors").keys()
-    assert keys and all(k.startswith("predictor.") for k in keys)
+    assert {"latent_norm.mean", "latent_norm.std"} <= keys
+    assert all(k.startswith(("predictor.", "latent_norm.")) for k in keys)
+    # the latent space is standardised on the training frames (all of them, here)
+    wm = load_world_model(trained)
+    frames = np.concatenate([store.episode(e)["frames"] for e in split["train_episodes"]])
+    with torch.inference_mode():
+        z = wm.encode(torch.from_numpy(frames))
+    torch.testing.assert_close(z.mean(0), torch.zeros(64), atol=1e-4, rtol=0)
+    assert ((z.std(0, unbiased=False) - 1).abs() < 0.05).all()
     rows = [
         json.loads(ln) for ln in (trained.parents[1] / "metrics.jsonl").read_text().splitlines()
     ]
@@ -159,6 +169,15 @@ def test_diagnostics_on_held_out_episodes(trained, tiny_inputs, tmp_path):
     assert rk["action_bounds"] == {"low": [-1.0, -1.0], "high": [1.0, 1.0]}
     png = plot_diagnostics({"rollout": ro, "rank": rk}, tmp_path / "diag.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # another dataset: the recorded val split does not apply to it, episodes must be named
+    other = TrajectoryStore.open(
+        collect(
+            "two-rooms", 2, tmp_path / "other", image_size=32, max_steps=6, seed=7, progress=False
+        )
+    )
+    with pytest.raises(JepalabError, match="val split does not apply"):
+        true_action_rank(wm, other, n_transitions=2)
+    assert rollout_error_vs_horizon(wm, other, [1], horizon=2, n_windows=3)["n_windows"] == 3
 
 
 def test_true_action_rank_finds_the_action_of_a_perfect_model(trained, tiny_inputs):

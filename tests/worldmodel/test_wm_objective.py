@@ -69,7 +69,8 @@ def test_k_step_loss_composition_and_frozen_encoder(arch):
 def test_checkpoint_holds_the_predictor_only_and_loads_strictly():
     obj, models, _ = _setup("transformer", 2)
     sd = models.state_dict()
-    assert sd and all(k.startswith("predictor.") for k in sd)
+    assert sd and all(k.startswith(("predictor.", "latent_norm.")) for k in sd)
+    assert "latent_norm.std" in sd
     _, fresh, _ = _setup("transformer", 2)
     with torch.no_grad():
         for p in fresh["predictor"].parameters():
@@ -93,3 +94,16 @@ def test_latents_are_layer_normed_tokens_or_their_mean():
     torch.testing.assert_close(z.mean(-1), torch.zeros(3, 2, 4), atol=1e-5, rtol=0)
     obj_m, models_m, _ = _setup("mlp", 1)
     torch.testing.assert_close(obj_m.latents(batch.x, models_m), z.mean(2))
+
+
+def test_latent_norm_standardises_and_is_identity_until_fit():
+    from jepalab.objectives.worldmodel import LatentNorm
+
+    norm = LatentNorm(5)
+    z = torch.randn(40, 3, 5) * torch.tensor([1.0, 2.0, 0.1, 5.0, 0.0]) + 3.0
+    torch.testing.assert_close(norm(z), z)
+    norm.fit(z)
+    out = norm(z).reshape(-1, 5)
+    torch.testing.assert_close(out.mean(0), torch.zeros(5), atol=1e-5, rtol=0)
+    torch.testing.assert_close(out[:, :4].std(0, unbiased=False), torch.ones(4), atol=1e-4, rtol=0)
+    assert torch.isfinite(out[:, 4]).all() and out[:, 4].abs().max() < 1e-3  # constant dim

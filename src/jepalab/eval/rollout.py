@@ -29,7 +29,13 @@ Probe = Callable[[np.ndarray], np.ndarray]  # latents [N, ...] -> states [N, S]
 BOOTSTRAP_DRAWS = 1000
 
 
-def _episodes(wm: Any, episodes: Sequence[int] | np.ndarray | None) -> np.ndarray:
+def _episodes(wm: Any, store: Any, episodes: Sequence[int] | np.ndarray | None) -> np.ndarray:
+    """The given episodes, or the checkpoint's val split if `store` is its training data."""
+    if episodes is None and store.fingerprint() != wm.manifest["data_fingerprint"]:
+        raise JepalabError(
+            f"diagnostics: {store.path} is not the dataset this world model was trained on (data "
+            "fingerprint differs), so its val split does not apply; pass episodes=..."
+        )
     eps = np.asarray(wm.val_episodes if episodes is None else episodes, np.int64)
     if eps.size == 0:
         raise JepalabError(
@@ -115,7 +121,7 @@ def rollout_error_vs_horizon(
     "state_error_encoded" (probe(encoded true frames), the probe's own floor); "n_windows",
     "n_episodes", "episodes", "seed"}. l1/l2: mean |.| / (.)^2 over latent elements."""
     rng = np.random.default_rng(seed)
-    eps = _episodes(wm, episodes)
+    eps = _episodes(wm, store, episodes)
     w = _windows(store, eps, horizon, n_windows, rng)
     l1: list[Tensor] = []
     l2: list[Tensor] = []
@@ -191,7 +197,7 @@ def true_action_rank(
     if n_candidates < 1:
         raise JepalabError(f"true_action_rank.n_candidates: must be >= 1, got {n_candidates}")
     rng = np.random.default_rng(seed)
-    eps = _episodes(wm, episodes)
+    eps = _episodes(wm, store, episodes)
     w = _windows(store, eps, horizon, n_transitions, rng)
     low = _bounds(action_low, w["actions"], np.min, "action_low")
     high = _bounds(action_high, w["actions"], np.max, "action_high")

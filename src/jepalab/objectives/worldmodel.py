@@ -5,8 +5,14 @@ it to the one trainer, `fit`.
 
 Latent space (targets, encoder outputs at planning time and predictions all live in it, so the
 planner's energy is a plain distance there): the frozen encoder's tokens, layer-normed over D
-without affine parameters (as JEPA targets) -> [B, N, D] for the transformer predictor; their mean
-over tokens -> [B, D] for the MLP predictor.
+without affine parameters (as JEPA targets) -> [B, N, D] for the transformer predictor, or their
+mean over tokens -> [B, D] for the MLP predictor; then standardised per dimension with the mean
+and std of training frames (`LatentNorm`, saved with the predictor). Why: consecutive frames
+differ by ~0.1 of a dimension's spread (an agent is a few pixels), far below the spread of what
+never moves in an episode. Measured on two-rooms (80 episodes, a 300-step I-JEPA micro ViT,
+MLP, 1,500 steps at lr 1e-3): unstandardised, the model stayed at the "nothing moves" error and
+ranked the true action at chance (mean normalised rank 0.48 among 64 random actions);
+standardised, it reached 0.72 of that error and a mean rank of 0.05.
 
 Loss over a window of k+1 frames, actions a_0..a_{k-1}:
     teacher forcing  tf = d(predict(z_0..z_{k-1}, a), z_1..z_k)
@@ -34,12 +40,39 @@ from jepalab.objectives.jepa import latent_distance
 FROZEN = "encoder"  # the ModuleDict entry left out of checkpoints (named by hash instead)
 
 
-def encode_latents(encoder: nn.Module, x: Tensor, pooled: bool) -> Tensor:
+class LatentNorm(nn.Module):
+    """Per-dimension standardisation z -> (z - mean) / std over the last dim (D); statistics are
+    persistent buffers (identity until `fit`)."""
+
+    mean: Tensor
+    std: Tensor
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("std", torch.ones(dim))
+
+    def forward(self, z: Tensor) -> Tensor:
+        return (z - self.mean) / self.std
+
+    @torch.no_grad()
+    def fit(self, z: Tensor) -> None:
+        """Statistics of raw latents z [..., D]; the variance floor (1e-6) keeps a dimension that
+        never changes from being blown up into noise."""
+        flat = z.reshape(-1, z.shape[-1]).double()
+        self.mean.copy_(flat.mean(0))
+        self.std.copy_((flat.var(0, unbiased=False) + 1e-6).sqrt())
+
+
+def encode_latents(
+    encoder: nn.Module, x: Tensor, pooled: bool, norm: LatentNorm | None = None
+) -> Tensor:
     """Normalised images [B, C, H, W] -> latents [B, N, D] (layer-normed tokens) or [B, D]
-    (their mean over tokens), float32."""
+    (their mean over tokens), float32, standardised by `norm` when given."""
     h = encoder(x).float()
     h = F.layer_norm(h, h.shape[-1:])
-    return h.mean(1) if pooled else h
+    h = h.mean(1) if pooled else h
+    return norm(h) if norm is not None else h
 
 
 def _drop_frozen(module: nn.Module, state_dict: dict, prefix: str, local_metadata: dict) -> None:
@@ -71,8 +104,9 @@ class WorldModelObjective(Objective):
     def build(self, encoder: nn.Module) -> nn.ModuleDict:
         """encoder: a FrozenEncoder (or any module with `.encoder`, `.embed_dim`, `.grid`).
 
-        Returns {"encoder": the frozen encoder, "predictor": the AC model}; state_dict() of the
-        result holds the predictor only (the encoder is recorded by path and sha256)."""
+        Returns {"encoder": the frozen encoder, "latent_norm": LatentNorm (fit it before
+        training), "predictor": the AC model}; state_dict() of the result leaves the encoder out
+        (it is recorded by path and sha256)."""
         enc = cast(FrozenEncoder, encoder)
         grid = tuple(enc.grid)
         if len(grid) != 2:
@@ -89,7 +123,8 @@ class WorldModelObjective(Objective):
             self.state_dim,
             context=self.wm.rollout_steps,
         )
-        models = nn.ModuleDict({FROZEN: enc, "predictor": predictor})
+        norm = LatentNorm(enc.embed_dim)
+        models = nn.ModuleDict({FROZEN: enc, "latent_norm": norm, "predictor": predictor})
         models.register_state_dict_post_hook(_drop_frozen)
         models.register_load_state_dict_post_hook(_allow_missing_frozen)
         return models
@@ -97,13 +132,14 @@ class WorldModelObjective(Objective):
     def trainable(self, models: nn.ModuleDict) -> list[str]:
         return ["predictor"]
 
-    def latents(self, x: Tensor, models: nn.ModuleDict) -> Tensor:
+    def latents(self, x: Tensor, models: nn.ModuleDict, standardise: bool = True) -> Tensor:
         """x [B, T, C, H, W] normalised -> latents [B, T, N, D] or [B, T, D] (no gradient)."""
         enc = cast(FrozenEncoder, models[FROZEN])
         enc.eval()  # train_step calls models.train(); the frozen encoder must stay in eval mode
+        norm = cast(LatentNorm, models["latent_norm"]) if standardise else None
         b, t = x.shape[:2]
         with torch.no_grad():
-            z = encode_latents(enc.encoder, x.flatten(0, 1), self.pooled)
+            z = encode_latents(enc.encoder, x.flatten(0, 1), self.pooled, norm)
         return z.reshape(b, t, *z.shape[1:])
 
     def _distance(self, pred: Tensor, target: Tensor) -> Tensor:

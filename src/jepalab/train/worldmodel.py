@@ -6,15 +6,16 @@
         z0 = wm.encode(pixels)            # uint8 [B, H, W, 3] -> [B, D] or [B, N, D]
         zs = wm.unroll_from(z0, actions)  # [S, H, A] -> [S, H, ...]
 
-The checkpoint holds the predictor's weights only; its manifest names the encoder checkpoint by
-path and sha256 (`encoder_checkpoint`), the data fingerprint, the train/val episode split and the
-action/state dims. Loading refuses an encoder whose sha256 differs from the recorded one.
+The checkpoint holds the predictor and the latent standardisation, not the encoder: its manifest
+names the encoder checkpoint by path and sha256 (`encoder_checkpoint`), and records the data
+fingerprint, the train/val episode split and the action/state dims. Loading refuses an encoder
+whose sha256 differs from the recorded one.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -24,9 +25,11 @@ from jepalab.config import WorldModelConfig, build
 from jepalab.errors import JepalabError
 from jepalab.models.ac_predictor import ACPredictor, build_predictor
 from jepalab.models.build import FrozenEncoder, load_encoder, normalize_pixels
-from jepalab.objectives.worldmodel import WorldModelObjective, encode_latents
+from jepalab.objectives.worldmodel import LatentNorm, WorldModelObjective, encode_latents
 from jepalab.train.checkpoint import checkpoint_sha, load_checkpoint, read_manifest
-from jepalab.train.loop import fit
+from jepalab.train.loop import fit, pick_device
+
+STATS_FRAMES = 2048  # training frames sampled for the latent standardisation
 
 
 def _image_size(encoder: FrozenEncoder) -> int:
@@ -52,6 +55,9 @@ def train_worldmodel(
     torch.manual_seed(cfg.seed)  # the predictor's initialisation
     objective = WorldModelObjective(cfg, store.action_dim, store.state_dim)
     models = objective.build(encoder)
+    device = pick_device(cfg.device)
+    models.to(device)
+    n_stats = fit_latent_norm(models, objective, store, train_eps, cfg.seed, device)
     z_shape = ([] if objective.pooled else [int(np.prod(encoder.grid))]) + [encoder.embed_dim]
     meta = {
         "encoder_checkpoint": {
@@ -73,6 +79,7 @@ def train_worldmodel(
             "kind": "pooled" if objective.pooled else "tokens",
             "shape": z_shape,
             "layernorm": True,
+            "standardised": {"frames": n_stats, "sampled_from": "train_episodes"},
             "image_size": _image_size(encoder),
         },
     }
@@ -90,6 +97,31 @@ def train_worldmodel(
     )
 
 
+def fit_latent_norm(
+    models: nn.ModuleDict,
+    objective: WorldModelObjective,
+    store: Any,
+    episodes: np.ndarray,
+    seed: int,
+    device: torch.device,
+    frames: int = STATS_FRAMES,
+    batch: int = 256,
+) -> int:
+    """Set models["latent_norm"] from up to `frames` training frames drawn with `seed`;
+    returns the number of frames used."""
+    from jepalab.data.loaders import FrameDataset
+
+    ds = FrameDataset(store, episodes=episodes)
+    rng = np.random.default_rng(seed)
+    pick = np.sort(rng.choice(len(ds), size=min(frames, len(ds)), replace=False))
+    parts = []
+    for i in range(0, len(pick), batch):
+        x = torch.stack([ds[int(j)] for j in pick[i : i + batch]]).to(device)
+        parts.append(objective.latents(normalize_pixels(x)[:, None], models, standardise=False))
+    cast(LatentNorm, models["latent_norm"]).fit(torch.cat(parts))
+    return len(pick)
+
+
 class WorldModel(nn.Module):
     """A frozen encoder + an action-conditioned predictor: the planner's model.
 
@@ -97,10 +129,16 @@ class WorldModel(nn.Module):
     `torch.inference_mode()`. Latents are [B, D] (mlp) or [B, N, D] (transformer)."""
 
     def __init__(
-        self, encoder: FrozenEncoder, predictor: ACPredictor, pooled: bool, manifest: dict[str, Any]
+        self,
+        encoder: FrozenEncoder,
+        latent_norm: LatentNorm,
+        predictor: ACPredictor,
+        pooled: bool,
+        manifest: dict[str, Any],
     ) -> None:
         super().__init__()
         self.encoder = encoder.eval().requires_grad_(False)
+        self.latent_norm = latent_norm.eval()
         self.predictor = predictor.eval().requires_grad_(False)
         self.pooled = pooled
         self.manifest = manifest
@@ -130,7 +168,7 @@ class WorldModel(nn.Module):
                 f"{pixels.dtype} {list(pixels.shape)}"
             )
         x = normalize_pixels(pixels.movedim(-1, -3))
-        return encode_latents(self.encoder.encoder, x, self.pooled)
+        return encode_latents(self.encoder.encoder, x, self.pooled, self.latent_norm)
 
     def predict(self, z: Tensor, a: Tensor, s: Tensor | None = None) -> Tensor:
         """One step: z [B, ...], a [B, A] (s [B, S]) -> z_next [B, ...]."""
@@ -204,11 +242,15 @@ def load_world_model(path: str | Path, encoder: str | Path | None = None) -> Wor
         manifest["state_dim"],
         context=cfg.rollout_steps,
     )
-    prefix = "predictor."
-    weights = {k[len(prefix) :]: v for k, v in tensors["model"].items() if k.startswith(prefix)}
+    norm = LatentNorm(enc.embed_dim)
+
+    def part(prefix: str) -> dict[str, Tensor]:
+        return {k[len(prefix) :]: v for k, v in tensors["model"].items() if k.startswith(prefix)}
+
     try:
-        predictor.load_state_dict(weights)
+        predictor.load_state_dict(part("predictor."))
+        norm.load_state_dict(part("latent_norm."))
     except RuntimeError as e:
         first = str(e).splitlines()[0]
         raise JepalabError(f"{path}: predictor weights do not match its config ({first})") from None
-    return WorldModel(enc, predictor, pooled, manifest)
+    return WorldModel(enc, norm, predictor, pooled, manifest)
