@@ -122,7 +122,7 @@ def _worldmodel(args: argparse.Namespace, overrides: list[str]) -> int:
 
 
 def _plan_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("config", help="plan config (kind: plan)")
+    p.add_argument("config", nargs="?", help="plan config (kind: plan); or flags only")
     p.add_argument("--scene", default=None, help="override scene.name")
     p.add_argument("--episodes", type=int, default=None)
     p.add_argument("--perturb", default=None)

@@ -305,6 +305,11 @@ class PredictorConfig(Config):
     dim: int = Field(256, ge=8)
     heads: int = Field(4, ge=1)
     use_state: bool = Field(False, description="add a proprioceptive/state token per frame")
+    pool: int = Field(1, ge=1, description="mlp: average tokens onto a pool x pool grid (1: one "
+                      "mean vector); a coarse grid keeps where things are")
+
+    def latent_dim(self, embed_dim: int) -> int:
+        return embed_dim * self.pool**2 if self.arch == "mlp" else embed_dim
 
 
 class WorldModelConfig(TrainConfig):
@@ -332,6 +337,9 @@ class ControllerConfig(Config):
     )
     replan_every: int = Field(1, ge=1, description="actions executed between re-plans")
     max_steps: int | None = Field(None, ge=1, description="episode step cap (default: the scene's)")
+    metric: Literal["l1", "l2", "cosine"] = Field("l1", description="latent distance to the goal")
+    weights: Literal["final", "all"] = Field(
+        "final", description="energy on the final predicted step, or averaged over all steps")
 
 
 class SceneConfig(Config):

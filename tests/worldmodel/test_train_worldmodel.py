@@ -94,6 +94,7 @@ def test_checkpoint_records_encoder_data_split_and_holds_predictor_only(trained,
     n_train = int(store.episode_lengths[split["train_episodes"]].sum())
     assert manifest["latent"] == {
         "kind": "pooled",
+        "pool": 1,
         "shape": [64],
         "layernorm": True,
         "standardised": {"frames": n_train, "sampled_from": "train_episodes"},
@@ -268,3 +269,31 @@ def test_resume_matches_uninterrupted_and_transformer_variant(tiny_inputs, tmp_p
         assert wm.unroll_from(z, torch.zeros(7, 5, 2)).shape == (7, 5, 16, 64)
     with pytest.raises(JepalabError, match="already has checkpoints"):
         train_worldmodel(_cfg(cut_dir, enc, data, *common), progress=False)
+
+
+def test_latent_cache_matches_encoding_on_the_fly_with_a_pooled_grid(tiny_inputs, tmp_path):
+    """pool=2: latents are the tokens averaged onto a 2x2 grid; the training cache holds exactly
+    what the loaded world model's encode() computes from the same frames."""
+    from jepalab.data.loaders import TransitionDataset
+    from jepalab.objectives.worldmodel import FROZEN, WorldModelObjective
+    from jepalab.train.worldmodel import LatentCache
+
+    data, enc = tiny_inputs
+    path = train_worldmodel(
+        _cfg(tmp_path / "p2", enc, data, "--predictor.pool=2", "--steps=3", "--ckpt_every=3"),
+        progress=False,
+    )
+    wm = load_world_model(path)
+    assert wm.manifest["latent"]["pool"] == 2 and wm.manifest["latent"]["shape"] == [64 * 4]
+    store = TrajectoryStore.open(data)
+    base = TransitionDataset(store, 2, episodes=[0, 1])
+    models = torch.nn.ModuleDict({FROZEN: wm.encoder, "latent_norm": wm.latent_norm})
+    obj = WorldModelObjective(WorldModelConfig(**wm.manifest["config"]), 2, 4)
+    cache = LatentCache(base, models, obj, torch.device("cpu"), progress=False)
+    item = cache[5]
+    e, t = base.locate(5)
+    frames = torch.from_numpy(store.transition(e, t, 2)["obs"])
+    with torch.inference_mode():
+        want = wm.encode(frames)  # standardised
+    assert item["obs"].shape == (3, 256)
+    torch.testing.assert_close(wm.latent_norm(item["obs"]), want, atol=1e-5, rtol=1e-5)

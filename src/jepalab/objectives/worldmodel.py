@@ -24,10 +24,12 @@ on states when the predictor uses them). With k = 1 the two terms are identical.
 
 from __future__ import annotations
 
+import math
 from typing import cast
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import Tensor, nn
 
 from jepalab.config import WorldModelConfig
@@ -65,13 +67,19 @@ class LatentNorm(nn.Module):
 
 
 def encode_latents(
-    encoder: nn.Module, x: Tensor, pooled: bool, norm: LatentNorm | None = None
+    encoder: nn.Module, x: Tensor, pool: int, norm: LatentNorm | None = None
 ) -> Tensor:
-    """Normalised images [B, C, H, W] -> latents [B, N, D] (layer-normed tokens) or [B, D]
-    (their mean over tokens), float32, standardised by `norm` when given."""
+    """Normalised images [B, C, H, W] -> latents, float32, standardised by `norm` when given:
+    pool 0: layer-normed tokens [B, N, D]; pool p >= 1: those tokens averaged onto a p x p grid
+    and flattened, [B, D * p * p] (p = 1: the mean token)."""
     h = encoder(x).float()
     h = F.layer_norm(h, h.shape[-1:])
-    h = h.mean(1) if pooled else h
+    if pool:
+        side = math.isqrt(h.shape[1])
+        if side * side != h.shape[1]:
+            raise JepalabError(f"latent pooling needs a square token grid, got {h.shape[1]}")
+        grid = rearrange(h, "b (y x) d -> b d y x", y=side)
+        h = F.adaptive_avg_pool2d(grid, pool).flatten(1)
     return norm(h) if norm is not None else h
 
 
@@ -99,6 +107,7 @@ class WorldModelObjective(Objective):
         self.wm = run
         self.action_dim, self.state_dim = action_dim, state_dim
         self.pooled = run.predictor.arch == "mlp"
+        self.pool = run.predictor.pool if self.pooled else 0
         self.use_state = run.predictor.use_state
 
     def build(self, encoder: nn.Module) -> nn.ModuleDict:
@@ -115,15 +124,16 @@ class WorldModelObjective(Objective):
                 f"encoder (token grid {grid})"
             )
         enc.eval().requires_grad_(False)
+        latent_dim = self.wm.predictor.latent_dim(enc.embed_dim)
         predictor = build_predictor(
             self.wm.predictor,
-            enc.embed_dim,
+            latent_dim,
             grid,
             self.action_dim,
             self.state_dim,
             context=self.wm.rollout_steps,
         )
-        norm = LatentNorm(enc.embed_dim)
+        norm = LatentNorm(latent_dim)
         models = nn.ModuleDict({FROZEN: enc, "latent_norm": norm, "predictor": predictor})
         models.register_state_dict_post_hook(_drop_frozen)
         models.register_load_state_dict_post_hook(_allow_missing_frozen)
@@ -133,21 +143,25 @@ class WorldModelObjective(Objective):
         return ["predictor"]
 
     def latents(self, x: Tensor, models: nn.ModuleDict, standardise: bool = True) -> Tensor:
-        """x [B, T, C, H, W] normalised -> latents [B, T, N, D] or [B, T, D] (no gradient)."""
+        """x [B, T, C, H, W] normalised -> latents [B, T, N, D] or [B, T, D] (no gradient).
+        x [B, T, D] (float) is taken as raw pooled latents, precomputed (`LatentCache`)."""
+        norm = cast(LatentNorm, models["latent_norm"]) if standardise else None
+        if x.ndim == 3:
+            return norm(x) if norm is not None else x
         enc = cast(FrozenEncoder, models[FROZEN])
         enc.eval()  # train_step calls models.train(); the frozen encoder must stay in eval mode
-        norm = cast(LatentNorm, models["latent_norm"]) if standardise else None
         b, t = x.shape[:2]
         with torch.no_grad():
-            z = encode_latents(enc.encoder, x.flatten(0, 1), self.pooled, norm)
+            z = encode_latents(enc.encoder, x.flatten(0, 1), self.pool, norm)
         return z.reshape(b, t, *z.shape[1:])
 
     def _distance(self, pred: Tensor, target: Tensor) -> Tensor:
         return latent_distance(pred, target, self.wm.loss).mean()
 
     def loss(self, batch: Batch, models: nn.ModuleDict) -> tuple[Tensor, dict[str, float]]:
-        if batch.actions is None or batch.x.ndim != 5:
-            raise JepalabError("world-model batches need obs [B, k+1, C, H, W] and actions")
+        if batch.actions is None or batch.x.ndim not in (3, 5):
+            raise JepalabError("world-model batches need obs [B, k+1, C, H, W] (or latents "
+                               "[B, k+1, D]) and actions")
         k = batch.actions.shape[1]
         if batch.x.shape[1] != k + 1:
             raise JepalabError(f"world-model batch: {batch.x.shape[1]} frames for {k} actions")

@@ -173,7 +173,8 @@ def make_batch(
     if part is not None:
         masks = [distributed.shard_masks(m, part) for m in masks]
     return Batch(
-        x=normalize_pixels(x).to(device, non_blocking=True),
+        # uint8 pixels are normalised; float items are precomputed latents, used as they are
+        x=(normalize_pixels(x) if x.dtype == torch.uint8 else x).to(device, non_blocking=True),
         masks=[m.to(device) for m in masks],
         generator=gen,
         monitor=(step + 1) % cfg.monitor_every == 0,

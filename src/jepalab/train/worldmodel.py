@@ -51,14 +51,17 @@ def train_worldmodel(
             f"{cfg.encoder} was trained on {_image_size(encoder)} px"
         )
     train_eps, val_eps = split_episodes(store, cfg.data.val_fraction, cfg.seed)
-    dataset = TransitionDataset(store, cfg.rollout_steps, episodes=train_eps)
+    dataset: Any = TransitionDataset(store, cfg.rollout_steps, episodes=train_eps)
     torch.manual_seed(cfg.seed)  # the predictor's initialisation
     objective = WorldModelObjective(cfg, store.action_dim, store.state_dim)
     models = objective.build(encoder)
     device = pick_device(cfg.device)
     models.to(device)
     n_stats = fit_latent_norm(models, objective, store, train_eps, cfg.seed, device)
-    z_shape = ([] if objective.pooled else [int(np.prod(encoder.grid))]) + [encoder.embed_dim]
+    if objective.pooled:  # the frozen encoder runs once per frame, not once per batch
+        dataset = LatentCache(dataset, models, objective, device, progress)
+    dim = cfg.predictor.latent_dim(encoder.embed_dim)
+    z_shape = [dim] if objective.pooled else [int(np.prod(encoder.grid)), dim]
     meta = {
         "encoder_checkpoint": {
             "path": str(cfg.encoder),
@@ -77,6 +80,7 @@ def train_worldmodel(
         "state_dim": store.state_dim,
         "latent": {
             "kind": "pooled" if objective.pooled else "tokens",
+            "pool": objective.pool,
             "shape": z_shape,
             "layernorm": True,
             "standardised": {"frames": n_stats, "sampled_from": "train_episodes"},
@@ -95,6 +99,36 @@ def train_worldmodel(
         tracker,
         workers=cfg.data.workers,
     )
+
+
+class LatentCache(torch.utils.data.Dataset):
+    """A TransitionDataset with each frame replaced by its raw pooled latent, computed once:
+    items {"obs": float [k+1, D], "actions", "states"}. Same indices, same windows."""
+
+    def __init__(self, base: Any, models: nn.ModuleDict, objective: WorldModelObjective,
+                 device: torch.device, progress: bool = True, batch: int = 256) -> None:
+        from tqdm import tqdm
+
+        self.base = base
+        self.z: dict[int, Tensor] = {}
+        store = base.store
+        for e in tqdm(base.episodes.tolist(), desc="encode frames", unit="ep",
+                      disable=not progress):
+            frames = torch.from_numpy(np.ascontiguousarray(store.episode(e)["frames"]))
+            x = normalize_pixels(frames.movedim(-1, -3))
+            self.z[e] = torch.cat([
+                objective.latents(x[i : i + batch, None].to(device), models, standardise=False)
+                [:, 0].cpu() for i in range(0, len(x), batch)])
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int) -> dict[str, Tensor]:
+        e, t = self.base.locate(i)
+        tr = self.base.store.transition(e, t, self.base.k)
+        return {"obs": self.z[e][t : t + self.base.k + 1],
+                "actions": torch.from_numpy(tr["actions"]),
+                "states": torch.from_numpy(tr["states"])}
 
 
 def fit_latent_norm(
@@ -168,7 +202,8 @@ class WorldModel(nn.Module):
                 f"{pixels.dtype} {list(pixels.shape)}"
             )
         x = normalize_pixels(pixels.movedim(-1, -3))
-        return encode_latents(self.encoder.encoder, x, self.pooled, self.latent_norm)
+        pool = int(self.manifest["latent"].get("pool", 1)) if self.pooled else 0
+        return encode_latents(self.encoder.encoder, x, pool, self.latent_norm)
 
     def predict(self, z: Tensor, a: Tensor, s: Tensor | None = None) -> Tensor:
         """One step: z [B, ...], a [B, A] (s [B, S]) -> z_next [B, ...]."""
@@ -234,15 +269,16 @@ def load_world_model(path: str | Path, encoder: str | Path | None = None) -> Wor
     if enc.sha256 != rec["sha256"]:  # re-read after the verified load (no race with a rewrite)
         raise JepalabError(f"{path}: encoder checkpoint {enc_path} changed while loading")
     pooled = manifest["latent"]["kind"] == "pooled"
+    latent_dim = cfg.predictor.latent_dim(enc.embed_dim)
     predictor = build_predictor(
         cfg.predictor,
-        enc.embed_dim,
+        latent_dim,
         tuple(enc.grid),
         manifest["action_dim"],
         manifest["state_dim"],
         context=cfg.rollout_steps,
     )
-    norm = LatentNorm(enc.embed_dim)
+    norm = LatentNorm(latent_dim)
 
     def part(prefix: str) -> dict[str, Tensor]:
         return {k[len(prefix) :]: v for k, v in tensors["model"].items() if k.startswith(prefix)}
