@@ -195,6 +195,29 @@ def _demo(args: argparse.Namespace, overrides: list[str]) -> int:
     return 0
 
 
+def _import_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("src", help="an official .pth/.pth.tar file (opened with weights_only=True)")
+    p.add_argument("--family", required=True, choices=("ijepa", "vjepa", "vjepa2"))
+    p.add_argument("--arch", required=True, help="release name, e.g. vit_huge_14 (see docs)")
+    p.add_argument("--out", required=True, help="checkpoint directory to write")
+    p.add_argument("--sha256", default=None, help="refuse the file unless it has this digest")
+    p.add_argument("--which", default="target_encoder", help="target_encoder | encoder")
+    p.add_argument("--image-size", type=int, default=None)
+    p.add_argument("--frames", type=int, default=None)
+
+
+@verb("import", "convert an official I-JEPA / V-JEPA / V-JEPA 2 checkpoint (safetensors)",
+      _import_args)
+def _import(args: argparse.Namespace, overrides: list[str]) -> int:
+    from jepalab.models.import_official import import_official
+
+    _no_overrides(overrides)
+    out = import_official(args.src, args.family, args.arch, args.out, args.sha256, args.which,
+                          image_size=args.image_size, frames=args.frames)
+    print(f"checkpoint: {out}")
+    return 0
+
+
 def _no_overrides(overrides: list[str]) -> None:
     if overrides:
         raise JepalabError(f"unexpected arguments: {' '.join(overrides)}")

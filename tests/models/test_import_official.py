@@ -371,15 +371,30 @@ def test_import_official_writes_a_pretrain_checkpoint(tmp_path):
 
 
 def test_the_shared_builders_rebuild_an_imported_checkpoint(tmp_path):
-    """load_pretrain / load_encoder rebuild it once build_encoder and the JEPA objective forward
-    model.pos_embed and model.pred_mask_tokens (see the import module's build_models)."""
+    """load_pretrain / load_encoder rebuild it: build_encoder and the JEPA objective forward
+    model.pos_embed and model.pred_mask_tokens."""
     from jepalab.models.build import build_encoder, load_encoder
 
     src = tmp_path / "ijepa_micro.pth.tar"
     torch.save(official_checkpoint("ijepa"), src)
     out = import_official(str(src), "ijepa", MICRO, str(tmp_path / "ck"))
     cfg = build(PretrainConfig, load_checkpoint(out, names=())[0]["config"])
-    if getattr(build_encoder(cfg), "pos", None) != "stored":
-        pytest.skip("build_encoder does not forward model.pos_embed yet")
+    assert build_encoder(cfg).pos == "stored"
     enc = load_encoder(out)
     assert enc.embed_dim == 64
+
+
+def test_import_verb_refuses_unknown_release_and_bad_digest(tmp_path, capsys):
+    from jepalab.cli import main
+
+    src = tmp_path / "ijepa.pth.tar"
+    torch.save(official_checkpoint("ijepa"), src)
+    assert main(["import", str(src), "--family=ijepa", "--arch=vit_tiny_99",
+                 f"--out={tmp_path / 'a'}"]) == 2
+    err = capsys.readouterr().err
+    assert "vit_tiny_99" in err and next(iter(ARCHS["ijepa"])) in err
+    arch = next(iter(ARCHS["ijepa"]))
+    assert main(["import", str(src), "--family=ijepa", f"--arch={arch}", "--sha256=" + "0" * 64,
+                 f"--out={tmp_path / 'b'}"]) == 2
+    assert "sha256" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

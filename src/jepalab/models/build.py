@@ -39,6 +39,7 @@ def build_encoder(cfg: PretrainConfig) -> nn.Module:
         embed_dim=m.embed_dim,
         num_heads=m.num_heads,
         grad_checkpointing=m.grad_checkpointing,
+        pos=m.pos_embed,
     )
 
 

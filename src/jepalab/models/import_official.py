@@ -41,7 +41,6 @@ published one (pass `expected_sha256`; a mismatch is refused before loading).
 
 from __future__ import annotations
 
-import copy
 import json
 import pickle
 import re
@@ -57,7 +56,7 @@ from jepalab.config import PretrainConfig, build
 from jepalab.errors import JepalabError
 from jepalab.io import sha256_file
 from jepalab.models.build import PIXEL_MEAN, PIXEL_STD
-from jepalab.models.vit import PRESETS, Predictor, vit
+from jepalab.models.vit import PRESETS
 from jepalab.train.checkpoint import save_checkpoint
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -314,15 +313,11 @@ def official_config(
 
 
 def build_models(cfg: PretrainConfig) -> nn.ModuleDict:
-    """encoder / predictor / target_encoder as `build_encoder` + the JEPA objective build them
-    (with model.pos_embed and model.pred_mask_tokens forwarded)."""
-    m, d = cfg.model, cfg.data
-    enc = vit(m.preset, img_size=d.image_size, patch_size=m.patch_size, frames=d.frames,
-              tubelet=m.tubelet, depth=m.depth, embed_dim=m.embed_dim, num_heads=m.num_heads,
-              pos=m.pos_embed)
-    pred = Predictor(enc.grid, enc.embed_dim, m.pred_dim, m.pred_depth, m.pred_heads,
-                     pos=m.pos_embed, num_mask_tokens=m.pred_mask_tokens)
-    return nn.ModuleDict({"encoder": enc, "predictor": pred, "target_encoder": copy.deepcopy(enc)})
+    """encoder / predictor / target_encoder exactly as pretraining builds them."""
+    from jepalab.models.build import build_encoder
+    from jepalab.objectives.base import build_objective
+
+    return build_objective(cfg).build(build_encoder(cfg))
 
 
 def fold_input_normalization(weight: Tensor, bias: Tensor) -> tuple[Tensor, Tensor]:

@@ -51,7 +51,8 @@ class JEPA(Objective):
     def build(self, encoder: nn.Module) -> nn.ModuleDict:
         m = self.run.model
         predictor = Predictor(
-            encoder.grid, encoder.embed_dim, m.pred_dim, m.pred_depth, m.pred_heads
+            encoder.grid, encoder.embed_dim, m.pred_dim, m.pred_depth, m.pred_heads,
+            pos=m.pos_embed, num_mask_tokens=m.pred_mask_tokens,
         )
         target = copy.deepcopy(encoder)
         target.requires_grad_(False)

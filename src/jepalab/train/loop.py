@@ -7,6 +7,7 @@ the same losses, step for step, as an uninterrupted one.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import time
@@ -93,6 +94,22 @@ def make_dataset(cfg: PretrainConfig) -> Dataset:
     )
 
 
+@functools.cache
+def native_bf16(device_type: str) -> bool:
+    """Whether bf16 matmuls run natively: CUDA, or a CPU with AVX512-BF16 or AMX-BF16."""
+    if device_type == "cuda":
+        return True
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def use_bf16(precision: str, device_type: str) -> bool:
+    return precision == "bf16" or (precision == "auto" and native_bf16(device_type))
+
+
 def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -137,7 +154,7 @@ def train_step(
     loss_fn: the (possibly DDP-wrapped) loss; defaults to `objective.loss(batch, models)`."""
     models.train()
     dev = batch.x.device.type
-    with torch.autocast(dev, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
+    with torch.autocast(dev, dtype=torch.bfloat16, enabled=use_bf16(cfg.precision, dev)):
         loss, metrics = loss_fn(batch) if loss_fn else objective.loss(batch, models)
     if not math.isfinite(metrics["loss"]):
         raise JepalabError(f"loss is {metrics['loss']} — training diverged (lower optim.lr?)")
