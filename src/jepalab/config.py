@@ -402,7 +402,12 @@ class ContractConfig(RunConfig):
     name: str = "contract"
     candidate: ArmConfig
     baseline: ArmConfig
-    task: Literal["plan"] = "plan"
+    task: Literal["plan", "state_estimation", "rollout", "retrieval", "value"] = Field(
+        "plan", description="plan: closed-loop MPC; the others score frozen-latent heads on "
+        "evaluation episodes collected per condition (jepalab.eval.offline)")
+    task_params: dict[str, Any] = Field(
+        default_factory=dict, description="offline tasks: tolerance (pass/fail per episode), "
+        "k (retrieval), policy (evaluation data)")
     scene: SceneConfig = Field(default_factory=SceneConfig)
     controller: ControllerConfig = Field(default_factory=ControllerConfig)
     metric: str = "success_rate"
@@ -434,3 +439,103 @@ class CollectConfig(RunConfig):
     scene_kwargs: dict[str, Any] = Field(default_factory=dict)
     perturb: str | None = None
     severity: int = Field(1, ge=0, le=3)
+
+
+# ---------------------------------------------------------------- objective comparisons
+
+
+class CompareEntry(Config):
+    """One arm of a comparison: a pretraining config (a file and/or the shared `pretrain`
+    fields) plus this entry's overrides; `train: false` keeps the random initialisation."""
+
+    name: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    config: str | None = Field(None, description="pretraining YAML this entry starts from")
+    overrides: dict[str, Any] = Field(
+        default_factory=dict, description="merged last, e.g. {objective: {name: mae}}")
+    train: bool = Field(True, description="false: the step-0 checkpoint (no pretraining)")
+
+
+class CompareDataConfig(Config):
+    path: str | None = Field(None, description="an existing trajectory dataset")
+    collect: CollectConfig | None = Field(None, description="or collect into OUT_DIR/data")
+
+    @model_validator(mode="after")
+    def _one(self) -> CompareDataConfig:
+        if (self.path is None) == (self.collect is None):
+            raise ValueError("data: give exactly one of data.path and data.collect")
+        return self
+
+
+class CompareProbeConfig(Config):
+    every: int = Field(4, ge=1, description="every n-th frame of an episode is a probe row")
+    train_episodes: int = Field(50, ge=1, description="training episodes the probes fit on")
+    ridge: float = Field(1e-3, ge=0)
+    knn_k: int = Field(5, ge=1)
+    retrieval_tol: float = Field(0.05, gt=0, description="true-state distance (scene units) "
+                                 "within which a retrieved frame counts as relevant")
+    retrieval_dims: list[int] | None = Field(None, description="state dims (default: all)")
+    label_budgets: list[int] = Field(default_factory=lambda: [2, 5, 10, 20, 50], min_length=1)
+
+
+class CompareBudgetConfig(Config):
+    flops_tolerance: float = Field(
+        2.0, ge=1.0, description="largest allowed max/min ratio of training FLOPs per step")
+    allow_unequal: bool = Field(
+        False, description="compare anyway when steps, batch, data or FLOPs differ (the card "
+        "then says the budgets were not matched)")
+
+
+class CompareConfig(RunConfig):
+    """`jepalab compare`: one encoder per entry per seed on the same data and budget, a world
+    model on each, the evidence panel on each, one evidence record per reference-vs-entry pair."""
+
+    kind: Literal["compare"] = "compare"
+    name: str = "compare"
+    data: CompareDataConfig
+    pretrain: dict[str, Any] = Field(
+        default_factory=dict, description="pretraining fields every entry shares (budget)")
+    entries: list[CompareEntry] = Field(..., min_length=2)
+    reference: str | None = Field(None, description="the candidate entry (default: the first)")
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    worldmodel: dict[str, Any] = Field(
+        default_factory=dict, description="world-model fields (encoder, data.path, out_dir and "
+        "seed are set per run)")
+    scene: SceneConfig = Field(default_factory=SceneConfig)
+    controller: ControllerConfig = Field(default_factory=ControllerConfig)
+    metric: str = "success_rate"
+    perturbations: list[PerturbationCell] = Field(
+        default_factory=lambda: [PerturbationCell(name="clean")], min_length=1)
+    eval_seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    episodes: int = Field(20, ge=1)
+    rollout_horizon: int = Field(10, ge=1)
+    intervention_budget: BudgetConfig = Field(default_factory=BudgetConfig)
+    rule: RuleConfig = Field(default_factory=RuleConfig)
+    probe: CompareProbeConfig = Field(default_factory=CompareProbeConfig)
+    budget: CompareBudgetConfig = Field(default_factory=CompareBudgetConfig)
+    out_dir: str = "runs/compare"
+    workers: int = Field(1, ge=1)
+
+    @model_validator(mode="after")
+    def _entries(self) -> CompareConfig:
+        names = [e.name for e in self.entries]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"entries: duplicate name(s) {dup}")
+        ref = self.reference or names[0]
+        if ref not in names:
+            raise ValueError(f"reference: '{ref}' is not an entry (entries: {', '.join(names)})")
+        if not next(e for e in self.entries if e.name == ref).train:
+            raise ValueError(f"reference: entry '{ref}' has train: false")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds: duplicates in {self.seeds}")
+        fixed = sorted({"encoder", "out_dir", "seed", "kind"} & set(self.worldmodel))
+        if fixed:
+            raise ValueError(f"worldmodel: {', '.join(fixed)} are set by compare, not the config")
+        for i, e in enumerate(self.entries):
+            if "out_dir" in e.overrides or "seed" in e.overrides:
+                raise ValueError(f"entries[{i}].overrides: out_dir and seed are set by compare")
+        return self
+
+    @property
+    def reference_name(self) -> str:
+        return self.reference or self.entries[0].name

@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -146,3 +147,32 @@ def test_inconsistent_contract_is_refused_listing_every_problem(arms, tmp_path, 
     for needle in ("gravity_flip", "longer than the episode", "nope", "same encoder"):
         assert needle in err
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("task", ["state_estimation", "rollout", "retrieval", "value"])
+def test_offline_task_contract(arms, tmp_path, task):
+    """Offline tasks score frozen-latent heads on evaluation episodes collected per condition;
+    both arms see the same episodes; every stored episode carries its error."""
+    contract = _contract(arms, tmp_path, task=task, episodes=2,
+                         task_params={"tolerance": 1e9})
+    assert main(["evaluate", str(contract), "--quiet"]) == 0
+    run = tmp_path / "run"
+    rec = EvidenceRecord.load(run / "evidence.json")
+    assert rec.downstream_task == f"{task}:two-rooms" and rec.metric.startswith(task)
+    with sqlite3.connect(run / "episodes.sqlite") as db:
+        extra = [json.loads(r[0]) for r in db.execute("SELECT extra FROM episodes")]
+    assert len(extra) == 8
+    errors = [x["error"] for x in extra]
+    if task == "value":  # expert episodes reach the goal within 10 steps only sometimes
+        errors = [x for x in errors if x is not None]
+    assert all(np.isfinite(errors)) and all(x >= 0 for x in errors)
+    # a tolerance of 1e9 passes every scored episode
+    assert all(c.value == 1.0 for c in rec.results) or task == "value"
+    # the two arms were scored on the same data: one dataset per condition x eval seed
+    assert sorted(p.name for p in (run / "data").iterdir()) == ["clean_s0", "lighting_shift@2_s0"]
+
+
+def test_offline_task_refuses_unknown_parameter(arms, tmp_path, capsys):
+    contract = _contract(arms, tmp_path, task="retrieval", task_params={"kk": 3})
+    assert main(["evaluate", str(contract), "--quiet"]) == 2
+    assert "kk" in capsys.readouterr().err

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,7 +57,7 @@ def validate(c: ContractConfig) -> None:
             except ValueError as e:
                 problems.append(f"perturbations[{i}]: {e}")
     horizon = int(c.controller.planner.get("horizon", c.rollout_horizon))
-    if horizon != c.rollout_horizon:
+    if c.task == "plan" and horizon != c.rollout_horizon:
         problems.append(f"rollout_horizon ({c.rollout_horizon}) differs from controller.planner."
                         f"horizon ({horizon})")
     if c.controller.max_steps and c.rollout_horizon > c.controller.max_steps:
@@ -84,6 +85,13 @@ def validate(c: ContractConfig) -> None:
             problems.append(f"{arm_name}.runs: duplicate pretrain_seed in {seeds}")
     if shas["candidate"] & shas["baseline"]:
         problems.append("baseline: the baseline uses the same encoder checkpoint as the candidate")
+    if c.task != "plan":
+        from jepalab.eval.offline import task_params
+
+        try:
+            task_params(c.task, c.task_params)
+        except JepalabError as e:
+            problems.append(str(e))
     if problems:
         raise JepalabError(f"contract refused ({len(problems)} problems): " + "; ".join(problems))
 
@@ -113,30 +121,83 @@ def pending_cells(c: ContractConfig, store: EpisodeStore) -> list[Cell]:
 
 
 def run_cell(args: tuple[dict[str, Any], str, Cell]) -> int:
-    """Run one cell's pending episodes, appending each to the store; returns episodes done."""
-    from jepalab.train.worldmodel import load_world_model
-
+    """Run one cell's pending episodes, appending each to the store as it finishes; returns the
+    number of episodes done."""
     cdict, store_path, cell = args
     c = build(ContractConfig, cdict)
     run = getattr(c, cell.arm).runs[cell.run_index]
-    wm = load_world_model(run.world_model)
+    run_dir = Path(store_path).parent
     store = EpisodeStore(store_path)
+    key = {"arm": cell.arm, "condition": cell.condition, "severity": cell.severity,
+           "pretrain_seed": run.pretrain_seed, "eval_seed": cell.eval_seed}
+    episodes = _plan_episodes if c.task == "plan" else _offline_episodes
     n = 0
+    for fields in episodes(c, run.world_model, cell, run_dir):
+        store.add({**key, **fields})
+        n += 1
+    return n
+
+
+def _plan_episodes(c: ContractConfig, wm_path: str, cell: Cell, run_dir: Path
+                   ) -> Iterator[dict[str, Any]]:
+    from jepalab.train.worldmodel import load_world_model
+
+    wm = load_world_model(wm_path)
     show = cell.arm == "candidate" and cell.run_index == 0 and cell.eval_seed == c.eval_seeds[0]
+    label = condition_label(cell.condition, cell.severity)
     for e in cell.episodes:
-        label = condition_label(cell.condition, cell.severity)
-        frames = Path(store_path).parent / "frames" / f"{label}.npy" if show and e == 0 else None
+        frames = run_dir / "frames" / f"{label}.npy" if show and e == 0 else None
         (row,) = run_episodes(wm, c.scene, c.controller, [reset_seed(cell.eval_seed, e)],
                               _condition(cell.condition), cell.severity,
                               perturb_seed=cell.eval_seed, progress=False, frames_path=frames)
-        store.add({"arm": cell.arm, "encoder_sha": wm.encoder_sha256,
-                   "condition": cell.condition, "severity": cell.severity,
-                   "pretrain_seed": run.pretrain_seed, "eval_seed": cell.eval_seed,
-                   "episode": e, "success": int(row.success),
-                   "final_distance": row.final_distance, "steps": row.steps,
-                   "plan_time_s": row.plan_time_s, "extra": json.dumps({})})
-        n += 1
-    return n
+        yield {"encoder_sha": wm.encoder_sha256, "episode": e, "success": int(row.success),
+               "final_distance": row.final_distance, "steps": row.steps,
+               "plan_time_s": row.plan_time_s}
+
+
+def eval_data_dir(run_dir: Path, condition: str, severity: int, eval_seed: int) -> Path:
+    return run_dir / "data" / f"{condition_label(condition, severity)}_s{eval_seed}"
+
+
+def collect_eval_data(c: ContractConfig, run_dir: Path, progress: bool = True) -> None:
+    """Offline tasks: one evaluation dataset per condition x evaluation seed, shared by both
+    arms (episode e resets with reset_seed(eval_seed, e), as in planning)."""
+    from jepalab.data.collect import collect
+    from jepalab.eval.offline import task_params
+
+    params = task_params(c.task, c.task_params)
+    for p in c.perturbations:
+        for s in c.eval_seeds:
+            collect(c.scene.name, c.episodes, eval_data_dir(run_dir, p.name, p.severity, s),
+                    policy=params["policy"], seed=reset_seed(s, 0),
+                    image_size=c.scene.image_size, max_steps=c.controller.max_steps,
+                    scene_kwargs=c.scene.kwargs, perturb=_condition(p.name),
+                    severity=p.severity, progress=progress)
+
+
+def _offline_episodes(c: ContractConfig, wm_path: str, cell: Cell, run_dir: Path
+                      ) -> Iterator[dict[str, Any]]:
+    from jepalab.data.store import TrajectoryStore
+    from jepalab.eval.offline import episode_error, heads, task_params
+
+    params = task_params(c.task, c.task_params)
+    h = heads(wm_path)
+    data = TrajectoryStore.open(eval_data_dir(run_dir, cell.condition, cell.severity,
+                                              cell.eval_seed))
+    for e in cell.episodes:
+        ep = data.episode(e)
+        err = episode_error(c.task, params, h, ep, c.rollout_horizon)
+        ok = err is not None and err <= params["tolerance"]
+        yield {"encoder_sha": h.wm.encoder_sha256, "episode": e, "success": int(ok),
+               "steps": len(ep["frames"]),
+               "extra": json.dumps({"error": err, "tolerance": params["tolerance"]})}
+
+
+def _one_thread() -> None:
+    """Each worker process uses one core: N workers x all cores oversubscribes the machine."""
+    import torch
+
+    torch.set_num_threads(1)
 
 
 def run_matrix(c: ContractConfig, run_dir: Path, workers: int = 1, progress: bool = True) -> None:
@@ -152,7 +213,7 @@ def run_matrix(c: ContractConfig, run_dir: Path, workers: int = 1, progress: boo
     bar = tqdm(total=total, desc="evaluate", unit="ep", disable=not progress)
     jobs = [(cjson, str(run_dir / "episodes.sqlite"), cell) for cell in cells]
     if workers > 1:
-        with mp.get_context("spawn").Pool(workers) as pool:
+        with mp.get_context("spawn").Pool(workers, initializer=_one_thread) as pool:
             for n in pool.imap_unordered(run_cell, jobs):
                 bar.update(n)
     else:
@@ -174,6 +235,8 @@ def evaluate(c: ContractConfig, progress: bool = True) -> tuple[Any, Path]:
 
     validate(c)
     run_dir = Path(c.out_dir)
+    if c.task != "plan":
+        collect_eval_data(c, run_dir, progress)
     run_matrix(c, run_dir, c.workers, progress)
     with EpisodeStore(run_dir / "episodes.sqlite") as store:
         rows = store.to_records()
@@ -227,7 +290,7 @@ def _record(c: ContractConfig, wms: dict[str, Any], rows: list[dict[str, Any]],
                     "params": {**c.controller.model_dump(mode="json"),
                                "world_model_kind": wms["candidate"].manifest["latent"]["kind"]},
                     "checkpoint": _checkpoint_any(wm_dir)},
-        metric=c.metric,
+        metric=_metric(c),
         perturbation_panel=panel,
         seed_panel={"pretrain_seeds": [r.pretrain_seed for r in c.candidate.runs],
                     "eval_seeds": c.eval_seeds},
@@ -246,3 +309,11 @@ def _checkpoint_any(path: str) -> dict[str, str]:
     files = read_manifest(path)["files"]
     name = "model.safetensors" if "model.safetensors" in files else sorted(files)[0]
     return {"path": str(path), "sha256": files[name]["sha256"]}
+
+
+def _metric(c: ContractConfig) -> str:
+    if c.task == "plan" or c.metric != "success_rate":
+        return c.metric
+    from jepalab.eval.offline import task_params
+
+    return f"{c.task}_pass_rate(error<={task_params(c.task, c.task_params)['tolerance']:g})"
