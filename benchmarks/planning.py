@@ -1,8 +1,8 @@
 """Planning time per MPC step versus samples x horizon, and world-model forward throughput.
 
-The unroll is a small residual MLP latent predictor, z' = z + MLP([z, a]) with D=64, hidden
-256 (two hidden layers), A=2, run autoregressively over the horizon with all candidates in one
-batch, fp32. One "step" is one plan call (what MPC spends per env step with replan_every=1):
+The unroll is jepalab's ACMLP at the demo world model's size (latent 512 = 128-d tokens pooled
+onto 2x2, width 512, depth 3, A=2), run autoregressively over the horizon with all candidates in
+one batch, fp32. One "step" is one plan call (what MPC spends per env step with replan_every=1):
 `iterations` unroll calls of samples x horizon transitions, plus the planner's own sampling
 and distribution updates ("overhead" = plan time not spent inside the unroll).
 
@@ -19,37 +19,24 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from jepalab.io import atomic_write_json, git_info, now_iso
+from jepalab.models.ac_predictor import ACMLP
 from jepalab.planning import PlannerConfig, goal_energy, plan
 
-D, HIDDEN, A = 64, 256, 2
+# The demo's world model (configs/demo/worldmodel.yaml): micro-ViT tokens (D=128) pooled onto a
+# 2x2 grid -> latent 512, residual MLP width 512, depth 3, two-rooms actions (A=2).
+D, HIDDEN, DEPTH, A = 512, 512, 3, 2
 
 
-class MLPPredictor(nn.Module):
-    """z [B, D], a [B, A] -> z' [B, D]; residual so unrolled latents stay bounded."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(D + A, HIDDEN), nn.GELU(), nn.Linear(HIDDEN, HIDDEN),
-                                 nn.GELU(), nn.Linear(HIDDEN, D))
-
-    def forward(self, z: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
-        return z + self.net(torch.cat([z, a], -1))
-
+class Model(ACMLP):
     def unroll_from(self, z0: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        """z0 [1, D], actions [S, H, A] -> [S, H, D]."""
-        z = z0.expand(actions.shape[0], -1)
-        out = []
-        for t in range(actions.shape[1]):
-            z = self(z, actions[:, t])
-            out.append(z)
-        return torch.stack(out, 1)
+        """z0 [1, D], actions [S, H, A] -> [S, H, D] (what WorldModel.unroll_from runs)."""
+        return self.rollout(z0.expand(actions.shape[0], -1), actions)
 
 
 def flops_per_transition() -> int:
-    return 2 * ((D + A) * HIDDEN + HIDDEN * HIDDEN + HIDDEN * D)
+    return 2 * ((D + A) * HIDDEN + (DEPTH - 1) * HIDDEN * HIDDEN + HIDDEN * D)
 
 
 def machine(device: str) -> dict[str, Any]:
@@ -73,7 +60,7 @@ def sync(device: str) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_plan(model: MLPPredictor, method: str, samples: int, horizon: int, iterations: int,
+def time_plan(model: Model, method: str, samples: int, horizon: int, iterations: int,
               repeats: int, device: str) -> dict[str, Any]:
     gen = torch.Generator(device=device).manual_seed(0)
     z0 = torch.randn(1, D, generator=gen, device=device)
@@ -108,10 +95,10 @@ def time_plan(model: MLPPredictor, method: str, samples: int, horizon: int, iter
             "transitions_per_s": transitions / med}
 
 
-def time_forward(model: MLPPredictor, batch: int, repeats: int, device: str) -> dict[str, Any]:
+def time_forward(model: Model, batch: int, repeats: int, device: str) -> dict[str, Any]:
     gen = torch.Generator(device=device).manual_seed(0)
-    z = torch.randn(batch, D, generator=gen, device=device)
-    a = torch.rand(batch, A, generator=gen, device=device) * 2 - 1
+    z = torch.randn(batch, 1, D, generator=gen, device=device)
+    a = torch.rand(batch, 1, A, generator=gen, device=device) * 2 - 1
     reps = max(1, 20_000 // batch)  # ~20k transitions per timing
     with torch.inference_mode():
         model(z, a)
@@ -146,13 +133,13 @@ def main(argv: list[str] | None = None) -> int:
           f"python {mach['python']}, device {args.device}, fp32")
 
     torch.manual_seed(0)  # weights only; planning draws from its own generator
-    model = MLPPredictor().to(args.device).eval()
+    model = Model(D, A, 0, width=HIDDEN, depth=DEPTH).to(args.device).eval()
     plans = [time_plan(model, m, s, h, args.iterations, repeats, args.device)
              for m in args.methods.split(",") for s in samples for h in horizons]
     fwd = [time_forward(model, b, repeats, args.device) for b in batches]
 
     print(f"\nPlanning time per step (one plan call, {args.iterations} iterations, "
-          f"MLP predictor D={D} hidden={HIDDEN} A={A}); median of {repeats}\n")
+          f"ACMLP D={D} width={HIDDEN} depth={DEPTH} A={A}); median of {repeats}\n")
     print("| method | samples | horizon | ms / step | unroll share | transitions/s |")
     print("|---|---:|---:|---:|---:|---:|")
     for r in plans:
@@ -167,7 +154,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['gflops']:.1f} |")
     out = atomic_write_json(args.out, {
         "benchmark": "planning", "created": now_iso(), "git": git_info(), "machine": mach,
-        "model": {"kind": "residual MLP", "latent_dim": D, "hidden": HIDDEN, "action_dim": A,
+        "model": {"kind": "ACMLP", "latent_dim": D, "hidden": HIDDEN, "depth": DEPTH,
+                  "action_dim": A,
                   "flops_per_transition": flops_per_transition(), "dtype": "float32"},
         "quick": args.quick, "repeats": repeats, "plans": plans, "forward": fwd})
     print(f"\nwrote {out}")

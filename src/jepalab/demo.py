@@ -36,6 +36,7 @@ def _stage(name: str) -> float:
 def demo(out: str | Path = "runs/demo", quick: bool = False) -> Path:
     from jepalab.data.collect import collect
     from jepalab.eval.panel import evaluate
+    from jepalab.eval.tracking import tracked_training
     from jepalab.train.checkpoint import latest_checkpoint
     from jepalab.train.loop import init_checkpoint, pretrain
     from jepalab.train.worldmodel import train_worldmodel
@@ -54,7 +55,7 @@ def demo(out: str | Path = "runs/demo", quick: bool = False) -> Path:
     t = _stage("2/5 pretrain the I-JEPA encoder")
     pcfg = load(PretrainConfig, CONFIGS / "pretrain.yaml",
                 [f"--out_dir={out / 'pretrain'}", f"--data.path={out / 'data'}", *q["pretrain"]])
-    jepa = pretrain(pcfg, resume=True)
+    jepa = tracked_training(pcfg, lambda tr: pretrain(pcfg, resume=True, tracker=tr))
     random_init = out / "random_init"
     if latest_checkpoint(random_init) is None and not (random_init / "manifest.json").is_file():
         init_checkpoint(pcfg, random_init)
@@ -66,7 +67,8 @@ def demo(out: str | Path = "runs/demo", quick: bool = False) -> Path:
         wcfg = load(WorldModelConfig, CONFIGS / "worldmodel.yaml",
                     [f"--encoder={enc}", f"--data.path={out / 'data'}",
                      f"--out_dir={out / 'worldmodel' / arm}", *q["worldmodel"]])
-        wms[arm] = train_worldmodel(wcfg, resume=True)
+        wms[arm] = tracked_training(
+            wcfg, lambda tr, c=wcfg: train_worldmodel(c, resume=True, tracker=tr))
     print(f"   {time.perf_counter() - t:.0f} s")
 
     t = _stage("4/5 evaluate the contract (plan in the panel, decide acceptance)")

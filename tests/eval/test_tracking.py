@@ -101,3 +101,23 @@ def test_backend_failure_warns_once_and_run_goes_on(tmp_path, caplog):
 def test_flatten():
     assert flatten({"a": {"b": 1, "c": {"d": [1, 2]}}, "e": {}}) == {
         "a.b": 1, "a.c.d": [1, 2], "e": {}}
+
+
+def test_training_run_is_tracked_with_its_checkpoint_sha(tmp_path, monkeypatch):
+    """`jepalab pretrain` logs the resolved config, the losses and the checkpoint's sha256."""
+    from mlflow.tracking import MlflowClient
+
+    from jepalab.cli import main
+    from jepalab.train.checkpoint import checkpoint_sha
+    from tiny import TINY
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    out = tmp_path / "pre"
+    assert main(["pretrain", "--quiet", f"--out_dir={out}", "--steps=3", "--ckpt_every=3",
+                 *TINY]) == 0
+    client = MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("pretrain").experiment_id])
+    sha = checkpoint_sha(out / "checkpoints" / "step_0000003")
+    assert run.data.tags["checkpoint_sha256"] == sha
+    assert run.data.params["model.preset"] == "micro" and "loss" in run.data.metrics
+    assert len(client.get_metric_history(run.info.run_id, "loss")) == 3

@@ -250,7 +250,7 @@ def evaluate(c: ContractConfig, progress: bool = True) -> tuple[Any, Path]:
         record = _record(c, wms, rows, decision)
         record.save(run_dir / "evidence.json")
         html, _ = write_card(run_dir, record, store, extras)
-    with Tracker(run_dir, experiment=f"evaluate/{c.name}") as tr:
+    with Tracker(run_dir, experiment="evaluate", run_name=c.name) as tr:
         tr.log_evidence(record)
         tr.log_artifact(run_dir / "evidence.json")
         tr.log_artifact(html)

@@ -7,7 +7,7 @@
         t.log_artifact(run_dir / "evidence.json")
 
 By default the backend is `sqlite:///RUN_DIR/mlflow.db` and artifacts go to RUN_DIR/mlartifacts
-(never ./mlruns); pass `uri` for any other tracking server (its experiments keep their own
+(never ./mlruns); pass `uri` (or set MLFLOW_TRACKING_URI) for any other tracking server (its experiments keep their own
 artifact location). Metrics are buffered and sent in batches (`flush_every` entries, and at
 close): one `log_metric` call costs ~3 ms on the SQLite store, a batch of 1,000 about the same.
 
@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import re
 import time
 from collections.abc import Mapping
@@ -73,6 +74,7 @@ class Tracker:
     def __init__(self, run_dir: str | Path, uri: str | None = None, experiment: str = "jepalab",
                  run_name: str | None = None, flush_every: int = 500) -> None:
         self.run_dir = Path(run_dir)
+        uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or None
         self.uri = uri or f"sqlite:///{self.run_dir.resolve() / 'mlflow.db'}"
         self._default_backend = uri is None
         self.experiment = experiment
@@ -251,3 +253,16 @@ class Tracker:
 def _first_line(e: BaseException) -> str:
     s = str(e).strip()
     return (s.splitlines() or [""])[0][:200]
+
+
+def tracked_training(cfg: Any, train: Any) -> Path:
+    """Run `train(tracker) -> checkpoint dir` inside a tracking run in cfg.out_dir: the resolved
+    config as params, losses as metrics (the trainer logs them), the final checkpoint's sha256
+    as a tag. Returns the checkpoint dir."""
+    from jepalab.train.checkpoint import checkpoint_sha
+
+    with Tracker(cfg.out_dir, experiment=cfg.kind, run_name=Path(cfg.out_dir).name) as tr:
+        tr.log_params(cfg.model_dump(mode="json"))
+        path = train(tr)
+        tr.set_tag("checkpoint_sha256", checkpoint_sha(path))
+    return Path(path)
