@@ -7,9 +7,10 @@
         t.log_artifact(run_dir / "evidence.json")
 
 By default the backend is `sqlite:///RUN_DIR/mlflow.db` and artifacts go to RUN_DIR/mlartifacts
-(never ./mlruns); pass `uri` (or set MLFLOW_TRACKING_URI) for any other tracking server (its experiments keep their own
-artifact location). Metrics are buffered and sent in batches (`flush_every` entries, and at
-close): one `log_metric` call costs ~3 ms on the SQLite store, a batch of 1,000 about the same.
+(never ./mlruns); pass `uri` (or set MLFLOW_TRACKING_URI) for any other tracking server (its
+experiments keep their own artifact location). Metrics are buffered and sent in batches
+(`flush_every` entries, and at close): one `log_metric` call costs ~3 ms on the SQLite store,
+a batch of 1,000 about the same.
 
 Tracking is an add-on: when mlflow cannot be imported or the backend fails (at start or any
 later call), one warning line ("jepalab: tracking is off: ...") goes to the `jepalab.tracking`
