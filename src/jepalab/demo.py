@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 from jepalab.config import (
     CollectConfig,
@@ -17,6 +18,7 @@ from jepalab.config import (
     WorldModelConfig,
     load,
 )
+from jepalab.io import atomic_write_json
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "demo"
 
@@ -33,7 +35,14 @@ def _stage(name: str) -> float:
     return time.perf_counter()
 
 
-def demo(out: str | Path = "runs/demo", quick: bool = False) -> Path:
+def _done(times: dict[str, float], name: str, t: float) -> None:
+    times[name] = time.perf_counter() - t
+    print(f"   {times[name]:.0f} s")
+
+
+def demo(out: str | Path = "runs/demo", quick: bool = False) -> dict[str, Any]:
+    """Run (or resume) the demo into `out`; returns the summary also written to
+    OUT/summary.json (seconds per stage, results per cell, decision, artifact paths)."""
     from jepalab.data.collect import collect
     from jepalab.eval.panel import evaluate
     from jepalab.eval.tracking import tracked_training
@@ -43,6 +52,7 @@ def demo(out: str | Path = "runs/demo", quick: bool = False) -> Path:
 
     out = Path(out)
     t_all = time.perf_counter()
+    times: dict[str, float] = {}
     q = QUICK if quick else {"pretrain": [], "worldmodel": [], "contract": []}
 
     t = _stage("1/5 collect two-rooms trajectories")
@@ -50,7 +60,7 @@ def demo(out: str | Path = "runs/demo", quick: bool = False) -> Path:
                 [f"--episodes={q['episodes']}"] if "episodes" in q else [])
     fields = ccol.model_dump(exclude={"kind", "scene", "episodes"})
     collect(ccol.scene, ccol.episodes, out / "data", **fields)
-    print(f"   {time.perf_counter() - t:.0f} s")
+    _done(times, "collect", t)
 
     t = _stage("2/5 pretrain the I-JEPA encoder")
     pcfg = load(PretrainConfig, CONFIGS / "pretrain.yaml",
@@ -59,7 +69,7 @@ def demo(out: str | Path = "runs/demo", quick: bool = False) -> Path:
     random_init = out / "random_init"
     if latest_checkpoint(random_init) is None and not (random_init / "manifest.json").is_file():
         init_checkpoint(pcfg, random_init)
-    print(f"   {time.perf_counter() - t:.0f} s")
+    _done(times, "pretrain", t)
 
     t = _stage("3/5 world models (JEPA encoder, random-init encoder)")
     wms = {}
@@ -69,7 +79,7 @@ def demo(out: str | Path = "runs/demo", quick: bool = False) -> Path:
                      f"--out_dir={out / 'worldmodel' / arm}", *q["worldmodel"]])
         wms[arm] = tracked_training(
             wcfg, lambda tr, c=wcfg: train_worldmodel(c, resume=True, tracker=tr))
-    print(f"   {time.perf_counter() - t:.0f} s")
+    _done(times, "worldmodels", t)
 
     t = _stage("4/5 evaluate the contract (plan in the panel, decide acceptance)")
     ccfg = load(ContractConfig, CONFIGS / "contract.yaml", [
@@ -83,7 +93,7 @@ def demo(out: str | Path = "runs/demo", quick: bool = False) -> Path:
                                                      "world_model": str(wms["random_init"])})]}),
     })
     record, card = evaluate(ccfg)
-    print(f"   {time.perf_counter() - t:.0f} s")
+    _done(times, "evaluate", t)
 
     _stage("5/5 result")
     for cell in record.results:
@@ -95,5 +105,15 @@ def demo(out: str | Path = "runs/demo", quick: bool = False) -> Path:
     print(f"\nartifacts:\n   data        {out / 'data'}\n   encoder     {jepa}\n"
           f"   baseline    {random_init}\n   world model {wms['jepa']}\n"
           f"   evidence    {out / 'evaluate' / 'evidence.json'}\n   card        {card}")
-    print(f"total {time.perf_counter() - t_all:.0f} s")
-    return card
+    times["total"] = time.perf_counter() - t_all
+    print(f"total {times['total']:.0f} s")
+    summary = {"quick": quick, "seconds": times, "accepted": record.decision.accepted,
+               "rule": record.decision.rule, "reasons": record.decision.reasons,
+               "results": [c.model_dump() for c in record.results],
+               "artifacts": {"data": str(out / "data"), "encoder": str(jepa),
+                             "baseline": str(random_init), "world_models": {
+                                 k: str(v) for k, v in wms.items()},
+                             "evidence": str(out / "evaluate" / "evidence.json"),
+                             "card": str(card)}}
+    atomic_write_json(out / "summary.json", summary)
+    return summary
