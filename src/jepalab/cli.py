@@ -35,10 +35,12 @@ def _pretrain_args(p: argparse.ArgumentParser) -> None:
 @verb("pretrain", "pretrain an encoder (JEPA or a baseline objective)", _pretrain_args)
 def _pretrain(args: argparse.Namespace, overrides: list[str]) -> int:
     from jepalab.config import PretrainConfig, load
+    from jepalab.eval.tracking import tracked_training
     from jepalab.train.loop import pretrain
 
     cfg = load(PretrainConfig, args.config, overrides)
-    path = pretrain(cfg, resume=args.resume, progress=not args.quiet)
+    path = tracked_training(
+        cfg, lambda tr: pretrain(cfg, resume=args.resume, progress=not args.quiet, tracker=tr))
     print(f"checkpoint: {path}")
     return 0
 
@@ -114,10 +116,13 @@ def _show(args: argparse.Namespace, overrides: list[str]) -> int:
       _pretrain_args)
 def _worldmodel(args: argparse.Namespace, overrides: list[str]) -> int:
     from jepalab.config import WorldModelConfig, load
+    from jepalab.eval.tracking import tracked_training
     from jepalab.train.worldmodel import train_worldmodel
 
     cfg = load(WorldModelConfig, args.config, overrides)
-    print(f"checkpoint: {train_worldmodel(cfg, resume=args.resume, progress=not args.quiet)}")
+    path = tracked_training(cfg, lambda tr: train_worldmodel(
+        cfg, resume=args.resume, progress=not args.quiet, tracker=tr))
+    print(f"checkpoint: {path}")
     return 0
 
 
@@ -163,6 +168,26 @@ def _evaluate(args: argparse.Namespace, overrides: list[str]) -> int:
     for reason in record.decision.reasons:
         print(f"  - {reason}")
     print(f"evidence: {Path(cfg.out_dir) / 'evidence.json'}\ncard: {card}")
+    return 0
+
+
+def _compare_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", help="comparison YAML (kind: compare)")
+    p.add_argument("--quiet", action="store_true")
+
+
+@verb("compare", "matched objective comparison (JEPA vs baselines) measured on control",
+      _compare_args)
+def _compare(args: argparse.Namespace, overrides: list[str]) -> int:
+    from jepalab.config import CompareConfig, load
+    from jepalab.eval.compare import compare
+
+    cfg = load(CompareConfig, args.config, overrides)
+    summary, card = compare(cfg, progress=not args.quiet)
+    for other, pair in summary["pairs"].items():
+        word = "accepted" if pair["accepted"] else "rejected"
+        print(f"{summary['reference']} vs {other}: {word} ({pair['rule']})")
+    print(f"summary: {Path(cfg.out_dir) / 'compare.json'}\ncard: {card}")
     return 0
 
 
