@@ -14,6 +14,7 @@ import copy
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.profiler import record_function
 
 from jepalab.models.vit import Predictor, gather_tokens
 from jepalab.objectives.base import Batch, Objective, masked_mean, register
@@ -62,19 +63,25 @@ class JEPA(Objective):
         return ["encoder", "predictor"]
 
     def pairs(self, batch: Batch, models: nn.ModuleDict) -> list[tuple[Tensor, Tensor, Tensor]]:
-        """For each mask set: (predicted [B, M, Nt, D], target [B, M, Nt, D], keep [B, M, Nt])."""
-        with torch.no_grad():
+        """For each mask set: (predicted [B, M, Nt, D], target [B, M, Nt, D], keep [B, M, Nt]).
+
+        The record_function labels name the forward phases in profiler traces (no cost otherwise).
+        """
+        with torch.no_grad(), record_function("jepa/target_encoder"):
             h = models["target_encoder"](batch.x)  # [B, N, D]
             if self.cfg.target_layernorm:
                 h = F.layer_norm(h, h.shape[-1:])
         out = []
         for ms in batch.masks:
-            z = models["encoder"](batch.x, ms.context_idx, ms.context_keep)
-            pred = models["predictor"](
-                z, ms.context_idx, ms.context_keep, ms.target_idx, ms.target_keep
-            )
+            with record_function("jepa/context_encoder"):
+                z = models["encoder"](batch.x, ms.context_idx, ms.context_keep)
+            with record_function("jepa/predictor"):
+                pred = models["predictor"](
+                    z, ms.context_idx, ms.context_keep, ms.target_idx, ms.target_keep
+                )
             b, m, nt = ms.target_idx.shape
-            tgt = gather_tokens(h, ms.target_idx.reshape(b, m * nt)).reshape(b, m, nt, -1)
+            with record_function("jepa/gather_targets"):
+                tgt = gather_tokens(h, ms.target_idx.reshape(b, m * nt)).reshape(b, m, nt, -1)
             out.append((pred, tgt, ms.target_keep))
         self._last_targets = h
         return out
@@ -95,7 +102,8 @@ class JEPA(Objective):
 
     def after_step(self, models: nn.ModuleDict, step: int, total_steps: int) -> dict[str, float]:
         m = ema_momentum(step, total_steps, *self.cfg.ema)
-        ema_update(models["target_encoder"], models["encoder"], m)
+        with record_function("jepa/ema"):
+            ema_update(models["target_encoder"], models["encoder"], m)
         return {"ema": m}
 
     def eval_encoder(self, models: nn.ModuleDict) -> nn.Module:
