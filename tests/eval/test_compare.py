@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from jepalab.cli import main
@@ -40,7 +41,7 @@ def tiny_compare(out: Path, **changes) -> Path:
                         "predictor": {"arch": "mlp", "dim": 32, "depth": 2, "pool": 2}},
          "scene": {"name": "two-rooms", "image_size": 32},
          "controller": {"planner": {"method": "cem", "horizon": 3, "samples": 16,
-                                    "iterations": 2, "elites": 4}, "max_steps": 8},
+                                    "iterations": 2, "elites": 4}, "max_steps": 6},
          "perturbations": [{"name": "clean"}, {"name": "lighting_shift", "severity": 2}],
          "episodes": 2, "rollout_horizon": 3,
          "probe": {"every": 2, "knn_k": 3, "retrieval_tol": 0.1, "label_budgets": [1, 2, 4]},
@@ -101,7 +102,21 @@ def test_unequal_budgets_are_refused_in_one_line(tmp_path, capsys):
     assert not (tmp_path / "run" / "encoders").exists()  # refused before anything trained
 
 
-def test_compare_end_to_end_writes_card_and_records(tmp_path, capsys):
+@pytest.fixture
+def one_thread():
+    """Tiny models gain nothing from a second thread, and on a shared 2-core machine its
+    spin-waiting doubled this test's time (measured 113 s vs 50 s under load)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_compare_end_to_end_writes_card_and_records(tmp_path, capsys, monkeypatch, one_thread):
+    # one tracking store for both pairs: its schema is created once (seconds per new store);
+    # with a tracking URI, MLflow puts artifacts in ./mlruns, hence the chdir
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.chdir(tmp_path)
     path = tiny_compare(tmp_path)
     assert main(["compare", str(path), "--quiet"]) == 0
     run = tmp_path / "run"
@@ -136,3 +151,50 @@ def test_compare_end_to_end_writes_card_and_records(tmp_path, capsys):
     assert {p: p.stat().st_mtime for p in mtimes} == mtimes
     again = json.loads((run / "compare.json").read_text())
     assert again["entries"] == summary["entries"]
+
+
+def _runs(**steps: int) -> dict:
+    """{name: [Run]} with these steps; 0 steps = an untrained entry."""
+    from jepalab.eval.compare import Run
+
+    out = {}
+    for name, n in steps.items():
+        cfg = load(PretrainConfig, None, [f"--steps={max(n, 2)}", "--optim.warmup_steps=1"])
+        out[name] = [Run(name, 0, "jepa" if n else "none", n > 0, cfg, name)]
+    return out
+
+
+def test_budget_within_tolerance_passes_and_unequal_is_recorded_when_allowed(tmp_path):
+    from jepalab.eval.compare_budget import check_budget
+
+    c = load(CompareConfig, tiny_compare(tmp_path))
+    flops = {"a": 100, "b": 190, "init": 0}
+    got = check_budget(c, _runs(a=10, b=10, init=0), flops)  # tolerance 2x: 1.9x is within
+    assert got["matched"] and got["flops_ratio"] == pytest.approx(1.9)
+    assert got["untrained"] == ["init"]
+    with pytest.raises(JepalabError, match=r"FLOPs/step: b 2.1e-07 GFLOP is 2.10x a"):
+        check_budget(c, _runs(a=10, b=10), {"a": 100, "b": 210})
+    c = load(CompareConfig, tiny_compare(tmp_path), ["--budget.allow_unequal=true"])
+    got = check_budget(c, _runs(a=10, b=20), {"a": 100, "b": 100})
+    assert not got["matched"] and got["mismatches"] == ["steps: a=10, b=20"]
+
+
+def test_operations_name_best_worst_and_ties_from_the_numbers():
+    from jepalab.eval.compare_card import operations
+
+    def entry(name, objective, rmse, prec, succ):
+        return {"name": name, "objective": objective,
+                "metrics": {"probe_rmse": rmse, "knn_precision": prec, "rollout_rel": 0.5,
+                            "label_efficiency_area": 0.1},
+                "success": {"clean": {"value": succ, "ci_low": max(0, succ - 0.2),
+                                      "ci_high": min(1, succ + 0.2), "n": 20}}}
+
+    s = {"entries": [entry("jepa", "jepa", 0.02, 0.6, 0.7), entry("mae", "mae", 0.05, 0.8, 0.6),
+                     entry("none", "none", 0.09, 0.2, 0.1)]}
+    ops = {o["key"]: o for o in operations(s)}
+    assert (ops["probe_rmse"]["best"], ops["probe_rmse"]["worst"]) == ("jepa", "none")
+    assert (ops["knn_precision"]["best"], ops["knn_precision"]["worst"]) == ("mae", "none")
+    assert ops["knn_precision"]["rank"] == {"mae": 1, "jepa": 2, "none": 3}
+    assert ops["rollout_rel"]["tie"] and ops["rollout_rel"]["rank"]["none"] == 1
+    clean = ops["success:clean"]
+    assert clean["best"] == "jepa" and clean["overlap"]  # 0.7 vs 0.6 with +-0.2 CIs
