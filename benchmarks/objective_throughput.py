@@ -9,7 +9,7 @@ All objectives are timed in the same run, round-robin (one step of each in turn)
 in machine load hits them alike; images/s uses the median step time.
 
     python benchmarks/objective_throughput.py [--config C] [--batch 16] [--steps 5]
-        [--out runs/bench/objective_throughput.json]
+        [--threads 1] [--out runs/bench/objective_throughput.json]
 """
 
 from __future__ import annotations
@@ -48,8 +48,12 @@ def main() -> None:
     ap.add_argument("--config", default="configs/compare/two_rooms.yaml")
     ap.add_argument("--batch", type=int, default=None, help="override the config's batch size")
     ap.add_argument("--steps", type=int, default=5, help="timed steps per objective")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads (default: torch's); 1 avoids spin-waiting on a busy CPU")
     ap.add_argument("--out", default="runs/bench/objective_throughput.json")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     load_start = os.getloadavg()[0]
     c = load(CompareConfig, args.config)
     cfgs = entry_configs(c, args.batch)
