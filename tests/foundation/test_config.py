@@ -6,7 +6,7 @@ from jepalab.cli import main
 from jepalab.config import PretrainConfig, load, parse_overrides
 from jepalab.errors import JepalabError
 
-CONFIGS = sorted((Path(__file__).parents[2] / "configs").glob("*.yaml"))
+CONFIGS = sorted((Path(__file__).parents[2] / "configs").rglob("*.yaml"))
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
@@ -24,7 +24,8 @@ def test_dotted_overrides_parse_and_apply(tmp_path):
         "optim": {"lr": 5e-4},
         "precision": "bf16",
     }
-    cfg = load(PretrainConfig, CONFIGS[0], ["--model.depth=2", "--optim.lr=5e-4"])
+    tiny = Path(__file__).parents[2] / "configs" / "ijepa_tiny.yaml"
+    cfg = load(PretrainConfig, tiny, ["--model.depth=2", "--optim.lr=5e-4"])
     assert cfg.model.depth == 2 and cfg.optim.lr == 5e-4
 
 
