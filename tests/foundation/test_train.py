@@ -120,3 +120,22 @@ def test_init_checkpoint_is_the_runs_initialisation(tmp_path):
     assert not torch.allclose(enc0(x), enc3(x))
     # same initialisation: re-creating it gives identical weights and hash
     assert load_encoder(init_checkpoint(cfg, tmp_path / "init2")).sha256 == enc0.sha256
+
+
+def test_compile_flag_compiles_trainable_modules_in_place(tmp_path, monkeypatch):
+    """--compile=true compiles each trainable module in place (dynamic shapes: masks vary), so
+    checkpoints keep the same parameter names. The compiler itself is stubbed (20-30 s here)."""
+    import torch
+
+    from jepalab.train.checkpoint import load_checkpoint
+
+    compiled = []
+    monkeypatch.setattr(torch.nn.Module, "compile",
+                        lambda self, **kw: compiled.append((type(self).__name__, kw)))
+    common = ["--quiet", "--steps=3", "--ckpt_every=3", *TINY]
+    assert main(["pretrain", f"--out_dir={tmp_path / 'c'}", "--compile=true", *common]) == 0
+    assert main(["pretrain", f"--out_dir={tmp_path / 'p'}", *common]) == 0
+    assert compiled == [("ViT", {"dynamic": True}), ("Predictor", {"dynamic": True})]
+    keys = [set(load_checkpoint(tmp_path / r / "checkpoints" / "step_0000003")[1]["model"])
+            for r in ("c", "p")]
+    assert keys[0] == keys[1]

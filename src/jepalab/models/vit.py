@@ -381,6 +381,7 @@ class Predictor(nn.Module):
         mlp_ratio: float = 4.0,
         pos: PosKind = "sincos",
         num_mask_tokens: int = 1,
+        grad_checkpointing: bool = False,
     ) -> None:
         super().__init__()
         self.grid = grid
@@ -388,7 +389,7 @@ class Predictor(nn.Module):
         self.proj_in = nn.Linear(embed_dim, pred_dim)
         self.mask_token = nn.Parameter(torch.zeros(num_mask_tokens, 1, pred_dim))  # [K, 1, P]
         self.rope = _positions(self, pos, grid, pred_dim, num_heads)
-        self.trunk = Transformer(pred_dim, depth, num_heads, mlp_ratio, False)
+        self.trunk = Transformer(pred_dim, depth, num_heads, mlp_ratio, grad_checkpointing)
         self.proj_out = nn.Linear(pred_dim, embed_dim)
         self.apply(_init_weights)
         nn.init.trunc_normal_(self.mask_token, std=0.02)

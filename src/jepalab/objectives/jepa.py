@@ -54,6 +54,7 @@ class JEPA(Objective):
         predictor = Predictor(
             encoder.grid, encoder.embed_dim, m.pred_dim, m.pred_depth, m.pred_heads,
             pos=m.pos_embed, num_mask_tokens=m.pred_mask_tokens,
+            grad_checkpointing=m.grad_checkpointing,
         )
         target = copy.deepcopy(encoder)
         target.requires_grad_(False)

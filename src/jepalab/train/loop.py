@@ -297,6 +297,9 @@ def fit(
         models.load_state_dict(tensors["model"])
         restore_optimizer(opt, tensors["optim"], manifest["optimizer"])
         start = manifest["step"]
+    if cfg.compile:  # in place: parameter names (checkpoints) are unchanged
+        for name in objective.trainable(models):
+            models[name].compile(dynamic=True)  # mask sizes change from step to step
     loss_fn = None
     if ctx.world > 1:
         loss_fn = torch.nn.parallel.DistributedDataParallel(
