@@ -29,9 +29,11 @@ from jepalab.train.worldmodel import load_world_model, train_worldmodel
 DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo"
 
 
-def baseline(scene: str, seeds: list[int], kind: str, max_steps: int) -> list[bool]:
+def baseline(scene: str, seeds: list[int], kind: str, max_steps: int
+             ) -> tuple[list[bool], list[float]]:
+    """(success, final distance) per episode of random or zero actions."""
     env = make(scene, image_size=64)
-    out = []
+    out, dist = [], []
     for seed in seeds:
         env.reset(seed=seed)
         rng = np.random.default_rng(seed)
@@ -44,8 +46,9 @@ def baseline(scene: str, seeds: list[int], kind: str, max_steps: int) -> list[bo
             if ok or term or trunc:
                 break
         out.append(ok)
+        dist.append(float(info["distance"]))
     env.close()
-    return out
+    return out, dist
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,23 +85,24 @@ def main(argv: list[str] | None = None) -> int:
                                  ctrl, seeds))
     times["mpc"] = time.perf_counter() - t
     results = {"mpc (JEPA world model)": (round(mpc["success_rate"] * args.episodes),
-                                          mpc["plan_time_per_step_s"])}
+                                          mpc["final_distance"], mpc["plan_time_per_step_s"])}
     for kind in ("random", "do-nothing"):
-        ok = baseline(args.scene, seeds, kind, args.max_steps)
-        results[kind] = (sum(ok), None)
+        ok, dist = baseline(args.scene, seeds, kind, args.max_steps)
+        results[kind] = (sum(ok), float(np.mean(dist)), None)
 
     print(f"\n{args.scene}: {args.episodes} episodes per policy (same reset seeds), "
           f"{args.max_steps} steps; data {args.data_episodes} episodes; stages (s): "
           + ", ".join(f"{k} {v:.0f}" for k, v in times.items()))
-    print("\n| policy | success [95 % CI] | planning / step |")
-    print("|---|---|---:|")
+    print("\n| policy | success [95 % CI] | mean final distance | planning / step |")
+    print("|---|---|---:|---:|")
     rows = []
-    for name, (k, plan_s) in results.items():
+    for name, (k, dist, plan_s) in results.items():
         rate, lo, hi = wilson_ci(k, args.episodes)
         rows.append({"policy": name, "successes": k, "episodes": args.episodes,
-                     "success": rate, "ci95": [lo, hi], "plan_time_per_step_s": plan_s})
+                     "success": rate, "ci95": [lo, hi], "final_distance": dist,
+                     "plan_time_per_step_s": plan_s})
         plan = f"{plan_s * 1e3:.0f} ms" if plan_s is not None else ""
-        print(f"| {name} | {rate:.0%} [{lo:.0%}, {hi:.0%}] | {plan} |")
+        print(f"| {name} | {rate:.0%} [{lo:.0%}, {hi:.0%}] | {dist:.3f} | {plan} |")
     atomic_write_json(out / "scene_control.json", {
         "benchmark": "scene_control", "created": now_iso(), "git": git_info(),
         "scene": args.scene, "seconds": times, "rows": rows, "mpc": mpc})
