@@ -223,7 +223,8 @@ def _demo(args: argparse.Namespace, overrides: list[str]) -> int:
 def _import_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("src", help="an official .pth/.pth.tar file (opened with weights_only=True)")
     p.add_argument("--family", required=True, choices=("ijepa", "vjepa", "vjepa2"))
-    p.add_argument("--arch", required=True, help="release name, e.g. vit_huge_14 (see docs)")
+    p.add_argument("--arch", required=True,
+                   help="release name, e.g. vith14 (ijepa), vitl16 (vjepa, vjepa2)")
     p.add_argument("--out", required=True, help="checkpoint directory to write")
     p.add_argument("--sha256", default=None, help="refuse the file unless it has this digest")
     p.add_argument("--which", default="target_encoder", help="target_encoder | encoder")
