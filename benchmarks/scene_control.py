@@ -29,19 +29,27 @@ from jepalab.train.worldmodel import load_world_model, train_worldmodel
 DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo"
 
 
+def hold(scene: str, obs: dict) -> np.ndarray:
+    """The "do nothing" action: zero velocity, or (Push-T: absolute targets in [0, 512]^2) the
+    agent's own position."""
+    if scene == "pusht":
+        return obs["state"][:2] / 256.0 - 1.0
+    return np.zeros(2)
+
+
 def baseline(scene: str, seeds: list[int], kind: str, max_steps: int
              ) -> tuple[list[bool], list[float]]:
     """(success, final distance) per episode of random or zero actions."""
     env = make(scene, image_size=64)
     out, dist = [], []
     for seed in seeds:
-        env.reset(seed=seed)
+        obs, _ = env.reset(seed=seed)
         rng = np.random.default_rng(seed)
         ok = False
         for _ in range(max_steps):
             a = (rng.uniform(-1, 1, env.action_space.shape) if kind == "random"
-                 else np.zeros(env.action_space.shape))
-            _, _, term, trunc, info = env.step(a.astype(np.float32))
+                 else hold(scene, obs))
+            obs, _, term, trunc, info = env.step(a.astype(np.float32))
             ok = bool(info["is_success"])
             if ok or term or trunc:
                 break
