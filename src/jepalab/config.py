@@ -395,7 +395,23 @@ class RuleConfig(Config):
     params: dict[str, Any] = Field(default_factory=lambda: {"delta": 0.05})
 
 
-class ContractConfig(RunConfig):
+class PanelConfig(Config):
+    """The evaluation panel a contract (and each pair of a comparison) runs."""
+
+    scene: SceneConfig = Field(default_factory=SceneConfig)
+    controller: ControllerConfig = Field(default_factory=ControllerConfig)
+    metric: str = "success_rate"
+    perturbations: list[PerturbationCell] = Field(
+        default_factory=lambda: [PerturbationCell(name="clean")], min_length=1)
+    eval_seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    episodes: int = Field(20, ge=1, description="episodes per (arm, run, perturbation, eval seed)")
+    rollout_horizon: int = Field(10, ge=1)
+    intervention_budget: BudgetConfig = Field(default_factory=BudgetConfig)
+    rule: RuleConfig = Field(default_factory=RuleConfig)
+    workers: int = Field(1, ge=1)
+
+
+class ContractConfig(RunConfig, PanelConfig):
     """Written before the run: what is compared, on what, and the rule that decides `accepted`."""
 
     kind: Literal["contract"] = "contract"
@@ -408,18 +424,7 @@ class ContractConfig(RunConfig):
     task_params: dict[str, Any] = Field(
         default_factory=dict, description="offline tasks: tolerance (pass/fail per episode), "
         "k (retrieval), policy (evaluation data)")
-    scene: SceneConfig = Field(default_factory=SceneConfig)
-    controller: ControllerConfig = Field(default_factory=ControllerConfig)
-    metric: str = "success_rate"
-    perturbations: list[PerturbationCell] = Field(
-        default_factory=lambda: [PerturbationCell(name="clean")], min_length=1)
-    eval_seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
-    episodes: int = Field(20, ge=1, description="episodes per (arm, run, perturbation, eval seed)")
-    rollout_horizon: int = Field(10, ge=1)
-    intervention_budget: BudgetConfig = Field(default_factory=BudgetConfig)
-    rule: RuleConfig = Field(default_factory=RuleConfig)
     out_dir: str = "runs/evaluate"
-    workers: int = Field(1, ge=1)
 
 
 # ---------------------------------------------------------------- collection
@@ -485,7 +490,7 @@ class CompareBudgetConfig(Config):
         "then says the budgets were not matched)")
 
 
-class CompareConfig(RunConfig):
+class CompareConfig(RunConfig, PanelConfig):
     """`jepalab compare`: one encoder per entry per seed on the same data and budget, a world
     model on each, the evidence panel on each, one evidence record per reference-vs-entry pair."""
 
@@ -500,20 +505,9 @@ class CompareConfig(RunConfig):
     worldmodel: dict[str, Any] = Field(
         default_factory=dict, description="world-model fields (encoder, data.path, out_dir and "
         "seed are set per run)")
-    scene: SceneConfig = Field(default_factory=SceneConfig)
-    controller: ControllerConfig = Field(default_factory=ControllerConfig)
-    metric: str = "success_rate"
-    perturbations: list[PerturbationCell] = Field(
-        default_factory=lambda: [PerturbationCell(name="clean")], min_length=1)
-    eval_seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
-    episodes: int = Field(20, ge=1)
-    rollout_horizon: int = Field(10, ge=1)
-    intervention_budget: BudgetConfig = Field(default_factory=BudgetConfig)
-    rule: RuleConfig = Field(default_factory=RuleConfig)
     probe: CompareProbeConfig = Field(default_factory=CompareProbeConfig)
     budget: CompareBudgetConfig = Field(default_factory=CompareBudgetConfig)
     out_dir: str = "runs/compare"
-    workers: int = Field(1, ge=1)
 
     @model_validator(mode="after")
     def _entries(self) -> CompareConfig:

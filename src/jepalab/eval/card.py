@@ -322,20 +322,25 @@ def _blocks(r: EvidenceRecord, rows: list[dict[str, Any]], extras: dict[str, Any
 
 # ---------------------------------------------------------------- rendering
 
-_CSS = """body{font-family:system-ui,sans-serif;max-width:980px;margin:2em auto;color:#222}
+_CSS = """body{font-family:system-ui,sans-serif;max-width:%dpx;margin:2em auto;color:#222}
 table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:3px 8px;
 text-align:left;vertical-align:top;font-size:14px}th{background:#f3f3f3}
 .badge{padding:3px 10px;border-radius:4px;color:#fff;font-weight:bold}
 .accepted{background:#2a7d2a}.rejected{background:#b22}.pass{color:#2a7d2a}.fail{color:#b22}
-img{max-width:100%}"""
+img{max-width:100%%}"""
 
 
-def _html(title: str, accepted: bool, blocks: list[Block]) -> str:
+def _verdict(accepted: bool) -> tuple[str, str]:
+    return ("accepted", "ACCEPTED") if accepted else ("rejected", "REJECTED")
+
+
+def _html(title: str, accepted: bool | None, blocks: list[Block], width: int) -> str:
     e = html.escape
-    cls, word = ("accepted", "ACCEPTED") if accepted else ("rejected", "REJECTED")
+    badge = "" if accepted is None else (
+        '<span class="badge {}">{}</span>'.format(*_verdict(accepted)))
     out = [f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{e(title)}</title>"
-           f"<style>{_CSS}</style></head><body>",
-           f"<h1>{e(title)} <span class=\"badge {cls}\">{word}</span></h1>"]
+           f"<style>{_CSS % width}</style></head><body>",
+           f"<h1>{e(title)} {badge}</h1>" if badge else f"<h1>{e(title)}</h1>"]
     for blk in blocks:
         kind = blk[0]
         if kind in ("h2", "p"):
@@ -349,19 +354,21 @@ def _html(title: str, accepted: bool, blocks: list[Block]) -> str:
                 for s in blk[1]) + "</ul>")
         elif kind == "table":
             out.append("<table><tr>" + "".join(f"<th>{e(h)}</th>" for h in blk[1]) + "</tr>"
-                       + "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>"
-                                 for row in blk[2]) + "</table>")
+                       + "".join("<tr>" + "".join(f"<td>{e(str(c))}</td>" for c in row)
+                                 + "</tr>" for row in blk[2]) + "</table>")
         elif kind == "img":
             data = base64.b64encode(blk[2]).decode("ascii")
             out.append(f"<p><img alt=\"{e(blk[3])}\" src=\"data:image/png;base64,{data}\"></p>")
     return "\n".join([*out, "</body></html>\n"])
 
 
-def _md(title: str, accepted: bool, blocks: list[Block], images: dict[str, str]) -> str:
-    def cell(s: str) -> str:
+def _md(title: str, accepted: bool | None, blocks: list[Block], images: dict[str, str]) -> str:
+    def cell(s: Any) -> str:
         return str(s).replace("|", "\\|").replace("\n", " ")
 
-    out = [f"# {title}", "", f"**Decision: {'ACCEPTED' if accepted else 'REJECTED'}**", ""]
+    out = [f"# {title}", ""]
+    if accepted is not None:
+        out += [f"**Decision: {_verdict(accepted)[1]}**", ""]
     for blk in blocks:
         kind = blk[0]
         if kind == "h2":
@@ -381,26 +388,32 @@ def _md(title: str, accepted: bool, blocks: list[Block], images: dict[str, str])
     return "\n".join(out)
 
 
-def write_card(run_dir: str | Path, record: EvidenceRecord, store: EpisodeStore | None,
-               extras: dict[str, Any] | None = None) -> tuple[Path, Path]:
-    """Write RUN_DIR/card.html and RUN_DIR/card.md (+ card_*.png); returns (html, md) paths."""
-    run_dir = Path(run_dir)
-    extras = _check_extras(extras)
-    rows = store.to_records() if store is not None else []
-    blocks = _blocks(record, rows, extras)
-    title = (f"Evaluation card: {record.downstream_task} — {record.objective.name} vs "
-             f"{record.baseline.name}")
-    accepted = record.decision.accepted
+def write_blocks(out_dir: str | Path, stem: str, title: str, blocks: list[Block],
+                 accepted: bool | None = None, width: int = 980) -> tuple[Path, Path]:
+    """Render blocks as OUT_DIR/STEM.html (self-contained) and OUT_DIR/STEM.md with its images
+    as OUT_DIR/STEM_*.png; `accepted` adds the decision badge. Returns (html, md) paths."""
+    out_dir = Path(out_dir)
     images = {}
     for blk in blocks:
         if blk[0] == "img":
-            name = f"card_{blk[1]}.png"
-            with atomic_path(run_dir / name) as tmp:
+            name = f"{stem}_{blk[1]}.png"
+            with atomic_path(out_dir / name) as tmp:
                 tmp.write_bytes(blk[2])
             images[blk[1]] = name
-    html_path = atomic_write_text(run_dir / "card.html", _html(title, accepted, blocks))
-    md_path = atomic_write_text(run_dir / "card.md", _md(title, accepted, blocks, images))
+    html_path = atomic_write_text(out_dir / f"{stem}.html", _html(title, accepted, blocks, width))
+    md_path = atomic_write_text(out_dir / f"{stem}.md", _md(title, accepted, blocks, images))
     return html_path, md_path
+
+
+def write_card(run_dir: str | Path, record: EvidenceRecord, store: EpisodeStore | None,
+               extras: dict[str, Any] | None = None) -> tuple[Path, Path]:
+    """Write RUN_DIR/card.html and RUN_DIR/card.md (+ card_*.png); returns (html, md) paths."""
+    extras = _check_extras(extras)
+    rows = store.to_records() if store is not None else []
+    title = (f"Evaluation card: {record.downstream_task} — {record.objective.name} vs "
+             f"{record.baseline.name}")
+    return write_blocks(run_dir, "card", title, _blocks(record, rows, extras),
+                        record.decision.accepted)
 
 
 def card_from_run_dir(run_dir: str | Path) -> tuple[Path, Path]:

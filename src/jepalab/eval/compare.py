@@ -33,6 +33,7 @@ from jepalab.config import (
     CompareConfig,
     CompareEntry,
     ContractConfig,
+    PanelConfig,
     PretrainConfig,
     WorldModelConfig,
     build,
@@ -123,27 +124,9 @@ def resolve_runs(c: CompareConfig, data: Path) -> dict[str, list[Run]]:
 
 def preflight(c: CompareConfig, image_size: int) -> None:
     """The contract checks that need no checkpoint, before hours of training."""
-    from jepalab.envs import SCENES, parse_perturbation, supported_perturbations
+    from jepalab.eval.panel import panel_problems
 
-    problems = []
-    if c.scene.name not in SCENES and not c.scene.name.startswith("gym:"):
-        problems.append(f"scene.name: unknown scene '{c.scene.name}'")
-    else:
-        ok = supported_perturbations(c.scene.name)
-        for i, p in enumerate(c.perturbations):
-            if p.name != "clean":
-                try:
-                    bad = [n for n in parse_perturbation(p.name, p.severity, 0).names
-                           if n not in ok]
-                except ValueError as err:
-                    bad = [str(err)]
-                if bad:
-                    problems.append(f"perturbations[{i}]: {', '.join(bad)} not supported by "
-                                    f"'{c.scene.name}'")
-    horizon = int(c.controller.planner.get("horizon", c.rollout_horizon))
-    if horizon != c.rollout_horizon:
-        problems.append(f"rollout_horizon ({c.rollout_horizon}) differs from controller.planner."
-                        f"horizon ({horizon})")
+    problems = panel_problems(c)
     if c.scene.image_size != image_size:
         problems.append(f"scene.image_size ({c.scene.image_size}) differs from the dataset's "
                         f"frames ({image_size} px)")
@@ -196,9 +179,7 @@ def pair_contract(c: CompareConfig, ref: str, other: str,
                 "runs": [{"pretrain_seed": r.seed, "encoder": str(enc), "world_model": str(wm)}
                          for r, enc, wm in arms[name]]}
 
-    shared = c.model_dump(include={"scene", "controller", "metric", "perturbations",
-                                   "eval_seeds", "episodes", "rollout_horizon",
-                                   "intervention_budget", "rule", "workers"}, mode="json")
+    shared = c.model_dump(include=set(PanelConfig.model_fields), mode="json")
     return build(ContractConfig, {
         **shared, "kind": "contract", "name": f"{c.name}/{ref}-vs-{other}",
         "candidate": arm(ref), "baseline": arm(other), "task": "plan",

@@ -8,15 +8,13 @@ figures as base64 PNG) and OUT_DIR/compare.md (+ compare_*.png) from the summary
 
 from __future__ import annotations
 
-import base64
-import html
 import json
 import math
 from pathlib import Path
 from typing import Any
 
+from jepalab.eval.card import Block, write_blocks
 from jepalab.eval.card_figures import curve_plot
-from jepalab.io import atomic_path, atomic_write_text
 
 FAMILIES = {"jepa": "JEPA (latent prediction)", "mae": "pixel reconstruction",
             "contrastive": "invariance (contrastive/VICReg/SIGReg)",
@@ -35,7 +33,6 @@ OPERATIONS = [
      "state that a few labelled episodes can read out", False),
 ]
 
-Block = tuple[Any, ...]
 
 
 def family(objective: str) -> str:
@@ -245,73 +242,8 @@ def _blocks(s: dict[str, Any], out_dir: Path) -> list[Block]:
     return blocks
 
 
-_CSS = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;color:#222}
-table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:3px 8px;
-text-align:left;vertical-align:top;font-size:13px}th{background:#f3f3f3}
-li.pass{color:#2a7d2a}li.fail{color:#b22}img{max-width:100%}"""
-
-
-def _html(title: str, blocks: list[Block]) -> str:
-    e = html.escape
-    out = [f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{e(title)}</title>"
-           f"<style>{_CSS}</style></head><body><h1>{e(title)}</h1>"]
-    for blk in blocks:
-        kind = blk[0]
-        if kind in ("h2", "p"):
-            out.append(f"<{kind}>{e(blk[1])}</{kind}>")
-        elif kind == "kv":
-            out.append("<table>" + "".join(f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>"
-                                           for k, v in blk[1]) + "</table>")
-        elif kind == "list":
-            out.append("<ul>" + "".join(
-                f"<li class=\"{'pass' if x.startswith('PASS') else 'fail'}\">{e(x)}</li>"
-                for x in blk[1]) + "</ul>")
-        elif kind == "table":
-            out.append("<table><tr>" + "".join(f"<th>{e(h)}</th>" for h in blk[1]) + "</tr>"
-                       + "".join("<tr>" + "".join(f"<td>{e(str(x))}</td>" for x in row)
-                                 + "</tr>" for row in blk[2]) + "</table>")
-        elif kind == "img":
-            data = base64.b64encode(blk[2]).decode("ascii")
-            out.append(f"<p><img alt=\"{e(blk[3])}\" src=\"data:image/png;base64,{data}\"></p>")
-    return "\n".join([*out, "</body></html>\n"])
-
-
-def _md(title: str, blocks: list[Block], images: dict[str, str]) -> str:
-    def cell(x: Any) -> str:
-        return str(x).replace("|", "\\|").replace("\n", " ")
-
-    out = [f"# {title}", ""]
-    for blk in blocks:
-        kind = blk[0]
-        if kind == "h2":
-            out += [f"## {blk[1]}", ""]
-        elif kind == "p":
-            out += [blk[1], ""]
-        elif kind == "kv":
-            out += ["| field | value |", "|---|---|",
-                    *[f"| {cell(k)} | {cell(v)} |" for k, v in blk[1]], ""]
-        elif kind == "list":
-            out += [f"- {x}" for x in blk[1]] + [""]
-        elif kind == "table":
-            out += ["| " + " | ".join(blk[1]) + " |", "|" + "---|" * len(blk[1]),
-                    *["| " + " | ".join(cell(x) for x in row) + " |" for row in blk[2]], ""]
-        elif kind == "img":
-            out += [f"![{blk[3]}]({images[blk[1]]})", ""]
-    return "\n".join(out)
-
-
 def write_compare_card(out_dir: str | Path, summary: dict[str, Any]) -> tuple[Path, Path]:
     """OUT_DIR/compare.html and OUT_DIR/compare.md (+ compare_*.png); returns their paths."""
     out_dir = Path(out_dir)
-    blocks = _blocks(summary, out_dir)
     title = f"Comparison card: {summary['name']} (reference {summary['reference']})"
-    images = {}
-    for blk in blocks:
-        if blk[0] == "img":
-            name = f"compare_{blk[1]}.png"
-            with atomic_path(out_dir / name) as tmp:
-                tmp.write_bytes(blk[2])
-            images[blk[1]] = name
-    html_path = atomic_write_text(out_dir / "compare.html", _html(title, blocks))
-    md_path = atomic_write_text(out_dir / "compare.md", _md(title, blocks, images))
-    return html_path, md_path
+    return write_blocks(out_dir, "compare", title, _blocks(summary, out_dir), width=1200)

@@ -18,7 +18,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from jepalab.config import ArmConfig, ContractConfig, build
+from jepalab.config import ArmConfig, ContractConfig, PanelConfig, build
 from jepalab.envs import SCENES, parse_perturbation, supported_perturbations
 from jepalab.errors import JepalabError
 from jepalab.eval.control import run_episodes
@@ -37,8 +37,9 @@ def _condition(name: str) -> str | None:
     return None if name == "clean" else name
 
 
-def validate(c: ContractConfig) -> None:
-    """Refuse an inconsistent contract before anything runs, listing every problem."""
+def panel_problems(c: PanelConfig, plan: bool = True) -> list[str]:
+    """What is wrong with a panel that needs no checkpoint: scene, perturbations, horizons
+    (`plan`: the planner's horizon must be the contract's rollout horizon)."""
     problems: list[str] = []
     scene = c.scene.name
     if scene not in SCENES and not scene.startswith("gym:"):
@@ -57,12 +58,18 @@ def validate(c: ContractConfig) -> None:
             except ValueError as e:
                 problems.append(f"perturbations[{i}]: {e}")
     horizon = int(c.controller.planner.get("horizon", c.rollout_horizon))
-    if c.task == "plan" and horizon != c.rollout_horizon:
+    if plan and horizon != c.rollout_horizon:
         problems.append(f"rollout_horizon ({c.rollout_horizon}) differs from controller.planner."
                         f"horizon ({horizon})")
     if c.controller.max_steps and c.rollout_horizon > c.controller.max_steps:
         problems.append(f"rollout_horizon ({c.rollout_horizon}) is longer than the episode "
                         f"(controller.max_steps = {c.controller.max_steps})")
+    return problems
+
+
+def validate(c: ContractConfig) -> None:
+    """Refuse an inconsistent contract before anything runs, listing every problem."""
+    problems = panel_problems(c, plan=c.task == "plan")
     shas: dict[str, set[str]] = {}
     for arm_name in ARMS:
         arm: ArmConfig = getattr(c, arm_name)
