@@ -123,16 +123,24 @@ def _chw(frames: np.ndarray) -> torch.Tensor:
 
 
 class FrameDataset(_WindowDataset):
-    """Every frame of the selected episodes -> uint8 [3, H, W]."""
+    """Every frame of the selected episodes -> uint8 [3, H, W]; with ``labels=True``
+    dict(obs uint8 [3, H, W], states float32 [S]) (the frame's scene state, for supervision)."""
 
     def __init__(
-        self, store: TrajectoryStore | str | Path, episodes: np.ndarray | list[int] | None = None
+        self,
+        store: TrajectoryStore | str | Path,
+        episodes: np.ndarray | list[int] | None = None,
+        labels: bool = False,
     ) -> None:
         super().__init__(store, 1, 1, episodes, "FrameDataset")
+        self.labels = labels
 
-    def __getitem__(self, i: int) -> torch.Tensor:
+    def __getitem__(self, i: int) -> torch.Tensor | dict[str, torch.Tensor]:
         e, t = self.locate(i)
-        return _chw(self.store.clip(e, t, 1)[0])
+        if not self.labels:
+            return _chw(self.store.clip(e, t, 1)[0])
+        tr = self.store.transition(e, t, 0)
+        return {"obs": _chw(tr["obs"][0]), "states": torch.from_numpy(tr["states"][0])}
 
 
 class ClipDataset(_WindowDataset):

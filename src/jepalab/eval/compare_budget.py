@@ -51,12 +51,13 @@ class TrainingStep:
 
     def batch(self, step: int) -> Any:
         import torch
+        from torch.utils.data import default_collate
 
         from jepalab.train.loop import batch_indices, make_batch
 
         idx = batch_indices(step, self.cfg.batch_size, len(self.data), self.cfg.seed)
-        x = torch.stack([torch.as_tensor(self.data[i]) for i in idx])
-        return make_batch(x, step, self.cfg, self.policy, torch.device("cpu"))
+        item = default_collate([self.data[i] for i in idx])
+        return make_batch(item, step, self.cfg, self.policy, torch.device("cpu"))
 
     def run(self, step: int, batch: Any = None) -> dict[str, float]:
         """One optimizer step (+ the objective's after-step update, e.g. EMA)."""

@@ -38,6 +38,7 @@ class Batch:
 class Objective:
     name: ClassVar[str] = ""
     needs_masks: ClassVar[bool] = True
+    needs_labels: ClassVar[bool] = False  # batches carry each frame's scene state (Batch.states)
 
     def __init__(self, cfg: ObjectiveConfig, run: PretrainConfig) -> None:
         self.cfg = cfg

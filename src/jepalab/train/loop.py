@@ -80,7 +80,10 @@ def make_dataset(cfg: PretrainConfig) -> Dataset:
         return ImageFolderDataset(d.path, d.image_size, skip_bad=d.skip_bad)
     from jepalab.data.loaders import ClipDataset, FrameDataset
     from jepalab.data.store import TrajectoryStore
+    from jepalab.objectives import OBJECTIVES
 
+    known = OBJECTIVES.get(cfg.objective.name)
+    labels = known is not None and known.needs_labels
     store = TrajectoryStore.open(d.path)
     if store.image_shape[0] != d.image_size:
         raise JepalabError(
@@ -90,7 +93,7 @@ def make_dataset(cfg: PretrainConfig) -> Dataset:
     return (
         ClipDataset(store, frames=d.frames, stride=d.stride)
         if d.frames > 1
-        else FrameDataset(store)
+        else FrameDataset(store, labels=labels)
     )
 
 
