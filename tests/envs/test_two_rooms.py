@@ -63,6 +63,34 @@ def test_wall_blocks_motion_and_door_lets_through() -> None:
     assert obs["state"][0] > xr
 
 
+def test_vectorised_move_is_the_step_rule() -> None:
+    env = make("two-rooms", random_wall=True)
+    u = env.unwrapped
+    rng = np.random.default_rng(0)
+    for seed in range(20):
+        env.reset(seed=seed)
+        p = rng.uniform(0.03, 0.97, (64, 2))
+        d = rng.uniform(-0.15, 0.15, (64, 2))  # up to 3x max_step: sub-stepping is exercised
+        one_by_one = np.stack([u._move(p[i].copy(), d[i]) for i in range(64)])
+        np.testing.assert_allclose(u.move(p, d), one_by_one, atol=1e-12)
+
+
+def test_path_length_goes_around_the_wall() -> None:
+    env = make("two-rooms", random_wall=True)
+    env.reset(seed=3)
+    u = env.unwrapped
+    xl, xr, dl, dh = u._slab()
+    # same room as the goal: straight line; other room: at least that, and through the door
+    same = np.array([u.goal[0] + (0.05 if u.goal[0] < u.wall_x else -0.05), u.goal[1]])
+    assert u.path_length(same) == pytest.approx(0.05)
+    u.goal = np.array([xr + 0.2, u.door_y])
+    start = np.array([xl - 0.1, u.door_y])  # straight through the door's centre
+    assert u.path_length(start) == pytest.approx(0.1 + (xr - xl) + 0.2)
+    far = np.array([xl - 0.1, 0.05 if u.door_y > 0.5 else 0.95])  # the wall is in the way
+    assert u.path_length(far) > np.linalg.norm(far - u.goal) + 0.01
+    assert u.path_length(np.stack([start, far])).shape == (2,)
+
+
 def test_expert_solves_clean_and_random_wall() -> None:
     for kw in ({}, {"random_wall": True}):
         env = make("two-rooms", **kw)

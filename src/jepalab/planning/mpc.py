@@ -22,7 +22,14 @@ import torch
 from torch import Tensor
 
 from jepalab.io import atomic_path
-from jepalab.planning.base import PlannerConfig, PlanningError, goal_energy, plan, shift_plan
+from jepalab.planning.base import (
+    Cost,
+    PlannerConfig,
+    PlanningError,
+    goal_energy,
+    plan,
+    shift_plan,
+)
 
 Encode = Callable[[Tensor], Tensor]  # uint8 [B, H, W, 3] -> latents [B, ...]
 UnrollFrom = Callable[[Tensor, Tensor], Tensor]  # z0 [1, ...], actions [S, H, A] -> [S, H, ...]
@@ -80,6 +87,7 @@ def run_episode(
     obs: dict[str, np.ndarray] | None = None,
     metric: str = "l1",
     weights: str | Tensor = "final",
+    energy: Callable[[Tensor], Cost] | None = None,
 ) -> EpisodeResult:
     """Run one goal-reaching episode from the env's current state (see module docstring).
 
@@ -89,6 +97,8 @@ def run_episode(
     a plan that reaches the goal inside the horizon is free to dawdle first (the receding
     horizon then keeps postponing); "all" rewards getting close early. Actions are moved to
     the host as float32 numpy arrays for `env.step`.
+    energy: another energy, goal latent -> cost callable (e.g. a cost-to-go); replaces
+    metric and weights.
     """
     if not isinstance(replan_every, int) or not 1 <= replan_every <= cfg.horizon:
         raise PlanningError(
@@ -99,7 +109,8 @@ def run_episode(
     goal_frame = np.asarray(env.unwrapped.render_goal(), dtype=np.uint8)
     pixels = np.asarray(obs["pixels"] if obs is not None else env.render(), dtype=np.uint8)
     with torch.inference_mode():
-        cost = goal_energy(encode(torch.from_numpy(goal_frame.copy())[None]), metric, weights)
+        z_goal = encode(torch.from_numpy(goal_frame.copy())[None])
+        cost = energy(z_goal) if energy is not None else goal_energy(z_goal, metric, weights)
     frames = [pixels] if record_frames else []
     energies: list[float] = []
     plan_time, steps, success, distance = 0.0, 0, False, float("nan")
