@@ -27,14 +27,11 @@ def _latents(wm: Any, store: TrajectoryStore, episodes: list[int], every: int = 
              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Pooled latents [N, D], states [N, S] and episode ids [N] of every `every`-th frame."""
     zs, ys, gs = [], [], []
-    with torch.inference_mode():
-        for e in episodes:
-            ep = store.episode(e)
-            frames = torch.from_numpy(np.ascontiguousarray(ep["frames"][::every]))
-            z = wm.encode(frames)
-            zs.append((z if z.ndim == 2 else z.mean(1)).float().numpy())
-            ys.append(np.asarray(ep["states"][::every], np.float64))
-            gs.append(np.full(len(frames), e))
+    for e in episodes:
+        ep = store.episode(e)
+        zs.append(wm.encode_frames(ep["frames"][::every], flat=True).float().numpy())
+        ys.append(np.asarray(ep["states"][::every], np.float64))
+        gs.append(np.full(len(zs[-1]), e))
     return np.concatenate(zs), np.concatenate(ys), np.concatenate(gs)
 
 
@@ -65,10 +62,8 @@ def _residual_spikes(wm: Any, store: TrajectoryStore, episodes: list[int], seed:
     from jepalab.eval.rollout import _state0, _windows
 
     w = _windows(store, np.asarray(episodes), 1, 128, np.random.default_rng(seed))
+    z = wm.encode_frames(w["obs"])
     with torch.inference_mode():
-        n, t = w["obs"].shape[:2]
-        z = wm.encode(torch.from_numpy(w["obs"].reshape(n * t, *w["obs"].shape[2:])))
-        z = z.reshape(n, t, *z.shape[1:])
         pred = wm.rollout(z[:, 0], torch.from_numpy(w["actions"]), _state0(wm, w["states"]))
     rep = latent_residuals(pred[:, 0].flatten(1).float(), z[:, 1].flatten(1).float())
     return [int(d) for d in rep.spikes[:5]]

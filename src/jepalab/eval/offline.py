@@ -51,16 +51,6 @@ def task_params(task: str, params: dict[str, Any]) -> dict[str, Any]:
     return {**DEFAULTS[task], **params}
 
 
-def _encode(wm: Any, frames: np.ndarray, batch: int = 256) -> np.ndarray:
-    """uint8 [T, H, W, 3] -> pooled latents [T, D] float64."""
-    out = []
-    with torch.inference_mode():
-        for i in range(0, len(frames), batch):
-            z = wm.encode(torch.from_numpy(np.ascontiguousarray(frames[i : i + batch])))
-            out.append((z if z.ndim == 2 else z.mean(1)).double().numpy())
-    return np.concatenate(out)
-
-
 def _steps_to_goal(success: np.ndarray) -> tuple[int, np.ndarray] | None:
     """(first success index g, steps g - t for t <= g), or None if the episode never succeeds."""
     hit = np.flatnonzero(np.asarray(success).astype(bool))
@@ -92,7 +82,7 @@ def heads(wm_path: str) -> Heads:
     zs, ys, vx, vy = [], [], [], []
     for e in wm.manifest["split"]["train_episodes"]:
         ep = store.episode(e)
-        z = _encode(wm, ep["frames"])
+        z = wm.encode_frames(ep["frames"], flat=True).double().numpy()
         zs.append(z)
         ys.append(np.asarray(ep["states"], np.float64))
         sg = _steps_to_goal(ep["success"])
@@ -112,7 +102,7 @@ def episode_error(task: str, params: dict[str, Any], h: Heads, ep: dict[str, Any
     from jepalab.eval.downstream import value_features
 
     frames, states = ep["frames"], np.asarray(ep["states"], np.float64)
-    z = _encode(h.wm, frames)
+    z = h.wm.encode_frames(frames, flat=True).double().numpy()
     if task == "state_estimation":
         return float(np.linalg.norm(h.probe.predict(z) - states, axis=1).mean())
     if task == "retrieval":
@@ -129,8 +119,8 @@ def episode_error(task: str, params: dict[str, Any], h: Heads, ep: dict[str, Any
     n = len(ep["actions"]) - horizon + 1
     if n < 1:
         return None
+    z0 = h.wm.encode_frames(frames[:n])
     with torch.inference_mode():
-        z0 = h.wm.encode(torch.from_numpy(np.ascontiguousarray(frames[:n])))
         acts = np.stack([ep["actions"][t : t + horizon] for t in range(n)])
         pred = h.wm.rollout(z0, torch.from_numpy(acts).float(), None)[:, -1]
         pred = (pred if pred.ndim == 2 else pred.mean(1)).double().numpy()

@@ -69,15 +69,6 @@ def _device(wm: Any) -> torch.device:
     return next(wm.predictor.parameters()).device
 
 
-def _encode(wm: Any, obs: np.ndarray, batch: int) -> Tensor:
-    """uint8 [n, T, h, w, 3] -> latents [n, T, ...], encoded `batch` frames at a time."""
-    n, t = obs.shape[:2]
-    flat = torch.from_numpy(np.ascontiguousarray(obs.reshape(n * t, *obs.shape[2:])))
-    dev = _device(wm)
-    z = torch.cat([wm.encode(flat[i : i + batch].to(dev)) for i in range(0, n * t, batch)])
-    return z.reshape(n, t, *z.shape[1:])
-
-
 def _state0(wm: Any, states: np.ndarray) -> Tensor | None:
     """The start state when the predictor takes states, else None."""
     return torch.from_numpy(states[:, 0]).to(_device(wm)) if wm.state_dim else None
@@ -132,7 +123,7 @@ def rollout_error_vs_horizon(
     with torch.inference_mode():
         for i in range(0, len(w["episode"]), batch_size):
             sl = slice(i, i + batch_size)
-            z = _encode(wm, w["obs"][sl], batch_size)
+            z = wm.encode_frames(w["obs"][sl], batch_size)
             acts = torch.from_numpy(w["actions"][sl]).to(dev)
             pred = wm.rollout(z[:, 0], acts, _state0(wm, w["states"][sl]))
             err = (pred - z[:, 1:]).flatten(2)
@@ -209,7 +200,7 @@ def true_action_rank(
     with torch.inference_mode():
         for i in range(0, n, chunk):
             sl = slice(i, i + chunk)
-            z = _encode(wm, w["obs"][sl][:, [0, horizon]], chunk * 2)  # z_t, z_{t+h}
+            z = wm.encode_frames(w["obs"][sl][:, [0, horizon]], chunk * 2)  # z_t, z_{t+h}
             b = z.shape[0]
             s0 = _state0(wm, w["states"][sl])
             pred = wm.rollout(

@@ -205,6 +205,19 @@ class WorldModel(nn.Module):
         pool = int(self.manifest["latent"].get("pool", 1)) if self.pooled else 0
         return encode_latents(self.encoder.encoder, x, pool, self.latent_norm)
 
+    def encode_frames(self, frames: np.ndarray, batch: int = 256, flat: bool = False) -> Tensor:
+        """Many frames, uint8 numpy [..., H, W, 3] -> latents [..., D] or [..., N, D] on the
+        module's device, `batch` frames per encoder call (inference mode). flat: token latents
+        averaged to one vector [..., D] (what probes and retrieval take)."""
+        lead = frames.shape[:-3]
+        x = torch.from_numpy(np.ascontiguousarray(frames.reshape(-1, *frames.shape[-3:])))
+        dev = self.latent_norm.mean.device
+        with torch.inference_mode():
+            z = torch.cat([self.encode(x[i : i + batch].to(dev)) for i in range(0, len(x), batch)])
+            if flat and z.ndim == 3:
+                z = z.mean(1)
+        return z.reshape(*lead, *z.shape[1:])
+
     def predict(self, z: Tensor, a: Tensor, s: Tensor | None = None) -> Tensor:
         """One step: z [B, ...], a [B, A] (s [B, S]) -> z_next [B, ...]."""
         s_hist = s[:, None] if s is not None else None
