@@ -424,6 +424,9 @@ class ContractConfig(RunConfig, PanelConfig):
     task_params: dict[str, Any] = Field(
         default_factory=dict, description="offline tasks: tolerance (pass/fail per episode), "
         "k (retrieval), policy (evaluation data)")
+    training_budget: dict[str, Any] | None = Field(
+        None, description="set by `jepalab compare`: the two arms' matched training budget "
+        "(steps, batch, data, FLOPs per step), copied into the evidence record")
     out_dir: str = "runs/evaluate"
 
 

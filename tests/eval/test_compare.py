@@ -139,9 +139,15 @@ def test_compare_end_to_end_writes_card_and_records(tmp_path, capsys, monkeypatc
         rec = EvidenceRecord.load(summary["pairs"][other]["evidence"])
         assert rec.objective.name == "jepa" and rec.baseline.name == other
         assert rec.decision.accepted == summary["pairs"][other]["accepted"]
+        tb = rec.training_budget  # the pair's share of the matched budget, in the record
+        assert tb["matched"] and tb["steps"] == 4 and tb["batch_size"] == summary["budget"][
+            "batch_size"]
+        assert tb["flops_per_step"] == {"jepa": flops["jepa"], other: flops[other]}
+        assert tb["untrained"] == (["random-init"] if other == "random-init" else [])
         assert Path(summary["pairs"][other]["card"]).is_file()
     html = (run / "compare.html").read_text()
     assert "Matched budget" in html and "main failure mode" in html
+    assert "Training budget" in Path(summary["pairs"]["mae"]["card"]).read_text()
     assert html.count("<img") == 3 and "random-init" in html
     md = (run / "compare.md").read_text()
     assert "| jepa | jepa |" in md and "planning success, lighting_shift@2" in md

@@ -186,6 +186,7 @@ def _contract(r: EvidenceRecord) -> list[tuple[str, str]]:
         ("Metric", r.metric), ("Rollout horizon", str(r.rollout_horizon)),
         ("Intervention budget", f"{r.intervention_budget.amount} "
                                 f"{r.intervention_budget.kind.replace('_', ' ')}"),
+        *([("Training budget", _fmt(r.training_budget))] if r.training_budget else []),
         ("Perturbation panel", "; ".join(
             f"{p.name} (severity {p.severity}, seed {p.seed}"
             f"{', ' + _fmt(p.params) if p.params else ''})" for p in r.perturbation_panel)

@@ -173,13 +173,22 @@ def train_world_model(c: CompareConfig, run: Run, encoder: Path, data: Path,
 
 
 def pair_contract(c: CompareConfig, ref: str, other: str,
-                  arms: dict[str, list[tuple[Run, Path, Path]]]) -> ContractConfig:
+                  arms: dict[str, list[tuple[Run, Path, Path]]],
+                  budget: dict[str, Any] | None = None) -> ContractConfig:
+    """The evidence contract of `ref` (candidate) vs `other` (baseline); with the comparison's
+    `budget`, the pair's share of it goes into the record."""
     def arm(name: str) -> dict[str, Any]:
         return {"name": name, "objective": arms[name][0][0].objective,
                 "runs": [{"pretrain_seed": r.seed, "encoder": str(enc), "world_model": str(wm)}
                          for r, enc, wm in arms[name]]}
 
     shared = c.model_dump(include=set(PanelConfig.model_fields), mode="json")
+    if budget is not None:
+        pair = (ref, other)
+        shared["training_budget"] = {
+            **{k: budget[k] for k in ("matched", "steps", "batch_size", "data", "flops_tolerance")},
+            "flops_per_step": {n: budget["flops_per_step"][n] for n in pair},
+            "untrained": [n for n in pair if n in budget["untrained"]]}
     return build(ContractConfig, {
         **shared, "kind": "contract", "name": f"{c.name}/{ref}-vs-{other}",
         "candidate": arm(ref), "baseline": arm(other), "task": "plan",
@@ -319,7 +328,7 @@ def compare(c: CompareConfig, progress: bool = True) -> tuple[dict[str, Any], Pa
     pairs: dict[str, Any] = {}
     donor: Path | None = None
     for other in (n for n in runs if n != ref):
-        contract = pair_contract(c, ref, other, arms)
+        contract = pair_contract(c, ref, other, arms, budget)
         if donor is not None:
             reuse_candidate_episodes(donor, Path(contract.out_dir))
         _say(progress, f"== panel: {ref} vs {other}")

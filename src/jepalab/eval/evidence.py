@@ -181,6 +181,8 @@ class EvidenceRecord(_Model):
     seed_panel: SeedPanel
     rollout_horizon: int = Field(ge=1)
     intervention_budget: InterventionBudget
+    training_budget: dict[str, Any] | None = Field(
+        None, description="comparisons: steps, batch, data and FLOPs per step of both arms")
     baseline: Baseline
     results: list[ResultCell] = Field(min_length=1)
     decision: Decision

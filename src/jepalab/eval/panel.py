@@ -303,6 +303,7 @@ def _record(c: ContractConfig, wms: dict[str, Any], rows: list[dict[str, Any]],
                     "eval_seeds": c.eval_seeds},
         rollout_horizon=c.rollout_horizon,
         intervention_budget=c.intervention_budget.model_dump(),
+        training_budget=c.training_budget,
         baseline={"name": c.baseline.name, "encoder_checkpoint": _checkpoint(
             c.baseline.runs[0].encoder), "objective": {"name": c.baseline.objective},
             "encoder_checkpoints": seeds["baseline"] if len(seeds["baseline"]) > 1 else []},
