@@ -242,7 +242,8 @@ def test_refuses_an_encoder_whose_sha_differs(trained, tiny_inputs, tmp_path):
         load_world_model(path)
 
 
-def test_resume_matches_uninterrupted_and_transformer_variant(tiny_inputs, tmp_path):
+def test_resume_matches_uninterrupted_and_transformer_variant(tiny_inputs, tmp_path,
+                                                             monkeypatch):
     data, enc = tiny_inputs
     common = [
         "--steps=6",
@@ -269,6 +270,18 @@ def test_resume_matches_uninterrupted_and_transformer_variant(tiny_inputs, tmp_p
         assert wm.unroll_from(z, torch.zeros(7, 5, 2)).shape == (7, 5, 16, 64)
     with pytest.raises(JepalabError, match="already has checkpoints"):
         train_worldmodel(_cfg(cut_dir, enc, data, *common), progress=False)
+    # resuming a finished run returns its checkpoint without touching data or encoder
+    import jepalab.train.worldmodel as twm
+
+    def no_encoder(*a, **k):
+        raise AssertionError("a finished run was rebuilt")
+
+    monkeypatch.setattr(twm, "load_encoder", no_encoder)
+    done = train_worldmodel(_cfg(cut_dir, enc, data, *common), resume=True, progress=False)
+    assert done == cut_dir / "checkpoints" / "step_0000006"
+    with pytest.raises(AssertionError, match="rebuilt"):  # more steps: trains on
+        train_worldmodel(_cfg(cut_dir, enc, data, *common[1:], "--steps=9"), resume=True,
+                         progress=False)
 
 
 def test_latent_cache_matches_encoding_on_the_fly_with_a_pooled_grid(tiny_inputs, tmp_path):

@@ -39,10 +39,14 @@ def _image_size(encoder: FrozenEncoder) -> int:
 def train_worldmodel(
     cfg: WorldModelConfig, resume: bool = False, progress: bool = True, tracker: Any = None
 ) -> Path:
-    """Train the predictor of `cfg` on its frozen encoder; returns the final checkpoint."""
+    """Train the predictor of `cfg` on its frozen encoder; returns the final checkpoint.
+    With `resume`, a run that already finished with this exact config and encoder is returned
+    as it is (no encoder pass over the data)."""
     from jepalab.data.loaders import TransitionDataset, split_episodes
     from jepalab.data.store import TrajectoryStore
 
+    if resume and (done := _finished(cfg)) is not None:
+        return done
     encoder = load_encoder(cfg.encoder)
     store = TrajectoryStore.open(cfg.data.path)
     if store.image_shape[0] != _image_size(encoder):
@@ -99,6 +103,21 @@ def train_worldmodel(
         tracker,
         workers=cfg.data.workers,
     )
+
+
+def _finished(cfg: WorldModelConfig) -> Path | None:
+    """The final checkpoint of `cfg`'s run if it finished with this config and encoder."""
+    import json
+
+    from jepalab.train.checkpoint import latest_checkpoint
+
+    last = latest_checkpoint(cfg.out_dir)
+    if last is None:
+        return None
+    m = read_manifest(last)
+    same = (m.get("step") == cfg.steps and m.get("config") == json.loads(cfg.model_dump_json())
+            and m.get("encoder_checkpoint", {}).get("sha256") == checkpoint_sha(cfg.encoder))
+    return last if same else None
 
 
 class LatentCache(torch.utils.data.Dataset):
