@@ -19,7 +19,8 @@ from jepalab.eval.card_figures import curve_plot
 FAMILIES = {"jepa": "JEPA (latent prediction)", "mae": "pixel reconstruction",
             "contrastive": "invariance (contrastive/VICReg/SIGReg)",
             "vicreg": "invariance (contrastive/VICReg/SIGReg)",
-            "sigreg": "invariance (contrastive/VICReg/SIGReg)", "none": "no pretraining"}
+            "sigreg": "invariance (contrastive/VICReg/SIGReg)", "none": "no pretraining",
+            "supervised": "no pretraining, trained end to end on state labels"}
 
 # (metric key, operation, what the representation must preserve for it, higher is better)
 OPERATIONS = [
