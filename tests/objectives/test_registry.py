@@ -16,7 +16,8 @@ BASELINES = {"mae": "mae_tiny.yaml", "contrastive": "contrastive_tiny.yaml",
 
 
 def test_all_objectives_registered():
-    assert {"jepa", "mae", "contrastive", "vicreg", "sigreg", "supervised"} <= set(OBJECTIVES)
+    names = {"jepa", "mae", "contrastive", "vicreg", "sigreg", "supervised", "pldm"}
+    assert names <= set(OBJECTIVES)
 
 
 def test_unknown_objective_lists_the_names(capsys):

@@ -13,8 +13,10 @@ from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
+from torch.utils.data import Dataset
 
 from jepalab.config import ObjectiveConfig, PretrainConfig
+from jepalab.data.store import TrajectoryStore
 from jepalab.errors import JepalabError
 from jepalab.masks.base import MaskSet
 from jepalab.train import distributed
@@ -38,11 +40,20 @@ class Batch:
 class Objective:
     name: ClassVar[str] = ""
     needs_masks: ClassVar[bool] = True
-    needs_labels: ClassVar[bool] = False  # batches carry each frame's scene state (Batch.states)
 
     def __init__(self, cfg: ObjectiveConfig, run: PretrainConfig) -> None:
         self.cfg = cfg
         self.run = run
+
+    @classmethod
+    def dataset(cls, store: TrajectoryStore, run: PretrainConfig) -> Dataset:
+        """The items this objective trains on from a trajectory store (`data.source: dataset`):
+        frames, or clips when `data.frames` > 1. Objectives that learn from labels or actions
+        return items that carry them (dicts with obs / states / actions)."""
+        from jepalab.data.loaders import ClipDataset, FrameDataset
+
+        d = run.data
+        return ClipDataset(store, d.frames, d.stride) if d.frames > 1 else FrameDataset(store)
 
     def build(self, encoder: nn.Module) -> nn.ModuleDict:
         """All modules of this objective; must include 'encoder'."""

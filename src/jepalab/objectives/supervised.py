@@ -19,8 +19,10 @@ from typing import cast
 import torch
 from pydantic import Field
 from torch import Tensor, nn
+from torch.utils.data import Dataset
 
 from jepalab.config import Config, ObjectiveConfig, PretrainConfig, build
+from jepalab.data.store import TrajectoryStore
 from jepalab.errors import JepalabError
 from jepalab.objectives.base import Batch, Objective, register
 from jepalab.train import distributed
@@ -35,7 +37,12 @@ class SupervisedParams(Config):
 class Supervised(Objective):
     name = "supervised"
     needs_masks = False
-    needs_labels = True
+
+    @classmethod
+    def dataset(cls, store: TrajectoryStore, run: PretrainConfig) -> Dataset:
+        from jepalab.data.loaders import FrameDataset
+
+        return FrameDataset(store, labels=True)  # each frame with its scene state
 
     def __init__(self, cfg: ObjectiveConfig, run: PretrainConfig) -> None:
         super().__init__(cfg, run)
@@ -46,8 +53,6 @@ class Supervised(Objective):
                 "objective.name: 'supervised' learns from the scene states of single frames; "
                 f"needs data.source 'dataset' and data.frames 1, got {d.source!r}, {d.frames}"
             )
-        from jepalab.data.store import TrajectoryStore
-
         self.state_dim = TrajectoryStore.open(d.path, verify=False).state_dim
 
     def build(self, encoder: nn.Module) -> nn.ModuleDict:

@@ -59,20 +59,22 @@ def vicreg_terms(
     if z1.shape != z2.shape or z1.dim() != 2 or z1.shape[0] < 2:
         raise ValueError(f"vicreg_terms: z1, z2 must both be [B>=2, K], got {z1.shape}/{z2.shape}")
     z1, z2 = z1.float(), z2.float()
-    b, k = z1.shape
-
-    def variance(z: Tensor) -> Tensor:
-        return F.relu(gamma - torch.sqrt(z.var(0) + eps)).mean()
-
-    def covariance(z: Tensor) -> Tensor:
-        z = z - z.mean(0)
-        return _off_diagonal_sq_sum(z.T @ z / (b - 1)) / k
-
     return {
         "invariance": F.mse_loss(z1, z2),
-        "variance": (variance(z1) + variance(z2)) / 2,
-        "covariance": covariance(z1) + covariance(z2),
+        "variance": (std_hinge(z1, gamma, eps) + std_hinge(z2, gamma, eps)) / 2,
+        "covariance": covariance_penalty(z1) + covariance_penalty(z2),
     }
+
+
+def std_hinge(z: Tensor, gamma: float = 1.0, eps: float = 1e-4) -> Tensor:
+    """mean_k relu(γ − sqrt(Var z_k + ε)) of z [B, K] (the variance term of one view)."""
+    return F.relu(gamma - torch.sqrt(z.var(0) + eps)).mean()
+
+
+def covariance_penalty(z: Tensor) -> Tensor:
+    """(1/K) Σ_{k≠l} Cov(z)_kl² of z [B, K] (the covariance term of one view)."""
+    z = z - z.mean(0)
+    return _off_diagonal_sq_sum(z.T @ z / (z.shape[0] - 1)) / z.shape[1]
 
 
 @register

@@ -78,23 +78,16 @@ def make_dataset(cfg: PretrainConfig) -> Dataset:
         return ShapesDataset(d.num_images, d.image_size, seed=cfg.seed)
     if d.source == "folder":
         return ImageFolderDataset(d.path, d.image_size, skip_bad=d.skip_bad)
-    from jepalab.data.loaders import ClipDataset, FrameDataset
     from jepalab.data.store import TrajectoryStore
-    from jepalab.objectives import OBJECTIVES
+    from jepalab.objectives import OBJECTIVES, Objective
 
-    known = OBJECTIVES.get(cfg.objective.name)
-    labels = known is not None and known.needs_labels
     store = TrajectoryStore.open(d.path)
     if store.image_shape[0] != d.image_size:
         raise JepalabError(
             f"data.image_size ({d.image_size}) differs from the dataset's frames "
             f"({store.image_shape[0]}) in {d.path}"
         )
-    return (
-        ClipDataset(store, frames=d.frames, stride=d.stride)
-        if d.frames > 1
-        else FrameDataset(store, labels=labels)
-    )
+    return OBJECTIVES.get(cfg.objective.name, Objective).dataset(store, cfg)
 
 
 @functools.cache
