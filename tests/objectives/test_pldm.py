@@ -74,3 +74,15 @@ def test_trains_with_falling_loss(tmp_path, data):
     assert loss_ratio(rows, 5) < 0.9
     first, last = rows[:5], rows[-5:]  # the latents spread out: the variance hinge falls
     assert sum(r["variance"] for r in last) < 0.9 * sum(r["variance"] for r in first)
+
+
+def test_window_centring_counts_static_content_as_collapsed(data):
+    x = torch.randn(4, 1, 3, 32, 32).expand(4, 4, 3, 32, 32)  # each window: one frame, repeated
+    a = torch.randn(4, 3, 2)
+    m = {}
+    for c in ("batch", "window"):
+        obj, models = _setup(data, center=c)
+        m[c] = obj.loss(Batch(x, [], torch.Generator(), actions=a), models)[1]
+    assert m["window"]["variance"] == pytest.approx(1.0 - 1e-2, abs=1e-4)  # γ − sqrt(ε)
+    assert m["window"]["covariance"] == pytest.approx(0.0, abs=1e-8)
+    assert m["batch"]["variance"] < m["window"]["variance"] and m["batch"]["covariance"] > 0

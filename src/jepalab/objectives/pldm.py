@@ -24,12 +24,17 @@ item is k + 1 frames and their k actions (`params.steps`).
 objective.params (all optional; weights follow eb_jepa's two-rooms recipe, rescaled to this
 module's normalisation): steps k (4), pool (2), hidden (512), std_weight α (16),
 cov_weight β (0.02 ≈ eb_jepa's 8 on its 1/(K(K−1)) scale at K = 512), time_weight δ (12),
-idm_weight ω (1), gamma γ (1).
+idm_weight ω (1), gamma γ (1), center ("batch").
+
+center "window" computes the variance and covariance of each frame minus its window's mean: a
+feature that never changes within a window (the room layout) then counts as collapsed, so the
+spread must come from what the actions move. (With "batch", static content alone can satisfy
+the variance term, which is what happened on two-rooms: see the README.)
 """
 
 from __future__ import annotations
 
-from typing import cast
+from typing import Literal, cast
 
 import torch
 from pydantic import Field
@@ -53,6 +58,9 @@ class PLDMParams(Config):
     time_weight: float = Field(12.0, ge=0.0)
     idm_weight: float = Field(1.0, ge=0.0)
     gamma: float = Field(1.0, gt=0.0)
+    center: Literal["batch", "window"] = Field(
+        "batch", description="variance/covariance over the batch's frames, or of each frame "
+        "minus its window's mean (only what changes within a window counts)")
 
 
 def _mlp(d_in: int, hidden: int, d_out: int) -> nn.Sequential:
@@ -106,7 +114,8 @@ class PLDM(Objective):
             zs = zs + models["dynamics"](torch.cat([zs, a[:, i]], -1))
             pred.append(zs)
         terms = {"prediction": (torch.stack(pred, 1) - z[:, 1:]).square().mean()}
-        flat = distributed.gather_with_grad(z.flatten(0, 1))
+        spread = z - z.mean(1, keepdim=True) if p.center == "window" else z
+        flat = distributed.gather_with_grad(spread.flatten(0, 1))
         terms["variance"] = std_hinge(flat, p.gamma)
         terms["covariance"] = covariance_penalty(flat)
         terms["temporal"] = (z[:, 1:] - z[:, :-1]).square().mean()
