@@ -20,7 +20,8 @@ FAMILIES = {"jepa": "JEPA (latent prediction)", "mae": "pixel reconstruction",
             "contrastive": "invariance (contrastive/VICReg/SIGReg)",
             "vicreg": "invariance (contrastive/VICReg/SIGReg)",
             "sigreg": "invariance (contrastive/VICReg/SIGReg)", "none": "no pretraining",
-            "supervised": "no pretraining, trained end to end on state labels"}
+            "supervised": "no pretraining, trained end to end on state labels",
+            "pldm": "joint embedding with action-conditioned dynamics (PLDM)"}
 
 # (metric key, operation, what the representation must preserve for it, higher is better)
 OPERATIONS = [

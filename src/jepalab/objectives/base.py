@@ -55,6 +55,17 @@ class Objective:
         d = run.data
         return ClipDataset(store, d.frames, d.stride) if d.frames > 1 else FrameDataset(store)
 
+    def trajectory_store(self, what: str) -> TrajectoryStore:
+        """The training dataset, for objectives that read labels or actions from single-frame
+        trajectory data (`what` they learn from goes into the one-line error otherwise)."""
+        d = self.run.data
+        if d.source != "dataset" or d.frames != 1:
+            raise JepalabError(
+                f"objective.name: '{self.name}' learns from {what}; needs data.source 'dataset' "
+                f"and data.frames 1, got {d.source!r}, {d.frames}"
+            )
+        return TrajectoryStore.open(d.path, verify=False)
+
     def build(self, encoder: nn.Module) -> nn.ModuleDict:
         """All modules of this objective; must include 'encoder'."""
         raise NotImplementedError

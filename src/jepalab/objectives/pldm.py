@@ -76,13 +76,7 @@ class PLDM(Objective):
     def __init__(self, cfg: ObjectiveConfig, run: PretrainConfig) -> None:
         super().__init__(cfg, run)
         self.params = build(PLDMParams, cfg.params, source="objective.params")
-        d = run.data
-        if d.source != "dataset" or d.frames != 1:
-            raise JepalabError(
-                "objective.name: 'pldm' learns from trajectory windows with their actions; "
-                f"needs data.source 'dataset' and data.frames 1, got {d.source!r}, {d.frames}"
-            )
-        self.action_dim = TrajectoryStore.open(d.path, verify=False).action_dim
+        self.action_dim = self.trajectory_store("trajectory windows with their actions").action_dim
 
     @classmethod
     def dataset(cls, store: TrajectoryStore, run: PretrainConfig) -> Dataset:

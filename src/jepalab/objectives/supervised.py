@@ -47,13 +47,7 @@ class Supervised(Objective):
     def __init__(self, cfg: ObjectiveConfig, run: PretrainConfig) -> None:
         super().__init__(cfg, run)
         self.params = build(SupervisedParams, cfg.params, source="objective.params")
-        d = run.data
-        if d.source != "dataset" or d.frames != 1:
-            raise JepalabError(
-                "objective.name: 'supervised' learns from the scene states of single frames; "
-                f"needs data.source 'dataset' and data.frames 1, got {d.source!r}, {d.frames}"
-            )
-        self.state_dim = TrajectoryStore.open(d.path, verify=False).state_dim
+        self.state_dim = self.trajectory_store("the scene states of single frames").state_dim
 
     def build(self, encoder: nn.Module) -> nn.ModuleDict:
         width = int(cast(int, encoder.embed_dim)) * self.params.pool**2
