@@ -29,7 +29,8 @@ idm_weight ω (1), gamma γ (1), center ("batch").
 center "window" computes the variance and covariance of each frame minus its window's mean: a
 feature that never changes within a window (the room layout) then counts as collapsed, so the
 spread must come from what the actions move. (With "batch", static content alone can satisfy
-the variance term, which is what happened on two-rooms: see the README.)
+the variance term; on two-rooms at a few hundred steps the layout then filled the latent and
+the agent's position was barely decodable.)
 """
 
 from __future__ import annotations
