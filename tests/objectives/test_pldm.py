@@ -47,9 +47,9 @@ def _setup(data, **params):
 
 def test_each_term_is_what_it_says(data):
     obj, models = _setup(data, std_weight=0, cov_weight=0, time_weight=0, idm_weight=0)
-    for head in ("dynamics", "idm"):  # zero the last layers: g = 0 (nothing moves), h = 0
-        torch.nn.init.zeros_(models[head][-1].weight)
-        torch.nn.init.zeros_(models[head][-1].bias)
+    for last in (models["dynamics"].net[-1], models["idm"][-1]):  # g = 0 (nothing moves), h = 0
+        torch.nn.init.zeros_(last.weight)
+        torch.nn.init.zeros_(last.bias)
     x = torch.randn(4, 4, 3, 32, 32)
     a = torch.randn(4, 3, 2)
     loss, m = obj.loss(Batch(x, [], torch.Generator(), actions=a), models)

@@ -29,6 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from jepalab.errors import JepalabError
+from jepalab.models.mlp import mlp
 from jepalab.train.checkpoint import load_checkpoint, save_checkpoint
 
 ArrayLike = np.ndarray | Tensor
@@ -64,16 +65,6 @@ def _standardiser(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     mean, std = a.mean(0), a.std(0)
     std = np.where(std > 1e-12, std, 1.0)  # constant columns: centre only, never divide by 0
     return mean, std
-
-
-def _mlp(in_dim: int, out_dim: int, hidden: int, depth: int) -> nn.Sequential:
-    layers: list[nn.Module] = []
-    d = in_dim
-    for _ in range(depth):
-        layers += [nn.Linear(d, hidden), nn.GELU()]
-        d = hidden
-    layers.append(nn.Linear(d, out_dim))
-    return nn.Sequential(*layers)
 
 
 @dataclass(eq=False)  # tensors do not compare with ==
@@ -126,7 +117,7 @@ class Probe:
 
     def _module(self) -> nn.Sequential:
         if self._net is None:
-            net = _mlp(self.in_dim, self.out_dim, int(self.config["hidden"]),
+            net = mlp(self.in_dim, self.out_dim, int(self.config["hidden"]),
                        int(self.config["depth"]))
             net.load_state_dict({k[4:]: v for k, v in self.tensors.items() if k.startswith("net.")})
             self._net = net.eval()
@@ -217,13 +208,13 @@ def fit_mlp_probe(Z_train: ArrayLike, Y_train: ArrayLike, hidden: int = 256, dep
     if num_threads is not None:
         torch.set_num_threads(num_threads)
     try:
-        return _fit_mlp(Z_train, Y_train, hidden, depth, steps, lr, weight_decay, batch_size,
+        return _fitmlp(Z_train, Y_train, hidden, depth, steps, lr, weight_decay, batch_size,
                         val_frac, eval_every, patience, seed, groups, names)
     finally:
         torch.set_num_threads(prev)
 
 
-def _fit_mlp(Z_train: ArrayLike, Y_train: ArrayLike, hidden: int, depth: int, steps: int,
+def _fitmlp(Z_train: ArrayLike, Y_train: ArrayLike, hidden: int, depth: int, steps: int,
              lr: float, weight_decay: float, batch_size: int, val_frac: float, eval_every: int,
              patience: int, seed: int, groups: ArrayLike | None, names: list[str] | None
              ) -> Probe:
@@ -240,7 +231,7 @@ def _fit_mlp(Z_train: ArrayLike, Y_train: ArrayLike, hidden: int, depth: int, st
     x_tr, y_tr, x_va, y_va = xt[tr], yt[tr], xt[va], yt[va]
 
     gen = torch.Generator().manual_seed(seed)
-    net = _mlp(z.shape[1], y.shape[1], hidden, depth)
+    net = mlp(z.shape[1], y.shape[1], hidden, depth)
     with torch.no_grad():  # init from our generator, not the global RNG
         for p in net.parameters():
             if p.dim() > 1:

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from jepalab.config import PredictorConfig
+from jepalab.models.mlp import mlp
 from jepalab.models.vit import (
     Transformer,
     _init_weights,
@@ -203,13 +204,7 @@ class ACMLP(ACPredictor):
         super().__init__()
         self.latent_dim, self.action_dim, self.state_dim = latent_dim, action_dim, state_dim
         self.context = 1  # Markov: the next latent depends on the current one only
-        layers: list[nn.Module] = []
-        d_in = latent_dim + action_dim + state_dim
-        for _ in range(depth):
-            layers += [nn.Linear(d_in, width), nn.GELU()]
-            d_in = width
-        layers.append(nn.Linear(d_in, latent_dim + state_dim))
-        self.net = nn.Sequential(*layers)
+        self.net = mlp(latent_dim + action_dim + state_dim, latent_dim + state_dim, width, depth)
         self.apply(_init_weights)
 
     def forward(

@@ -17,9 +17,10 @@ agent) from being smoothed away with the static background (without it, eb_jepa 
 collapse with a random wall per episode).
 
 The regularised representation is the one the world model and planner use (layer-normed tokens
-averaged onto a p × p grid, `params.pool`), so the geometry carries over; `g` and `h` are
-training-only heads. Needs trajectory windows (`data.source: dataset`, `data.frames` 1): each
-item is k + 1 frames and their k actions (`params.steps`).
+averaged onto a p × p grid, `params.pool`), so the geometry carries over. `g` (the world
+model's residual MLP, `ACMLP`, rolled out with its own `rollout`) and `h` are training-only
+heads. Needs trajectory windows (`data.source: dataset`, `data.frames` 1): each item is k + 1
+frames and their k actions (`params.steps`).
 
 objective.params (all optional; weights follow eb_jepa's two-rooms recipe, rescaled to this
 module's normalisation): steps k (4), pool (2), hidden (512), std_weight α (16),
@@ -45,6 +46,8 @@ from torch.utils.data import Dataset
 from jepalab.config import Config, ObjectiveConfig, PretrainConfig, build
 from jepalab.data.store import TrajectoryStore
 from jepalab.errors import JepalabError
+from jepalab.models.ac_predictor import ACMLP
+from jepalab.models.mlp import mlp
 from jepalab.objectives.base import Batch, Objective, register
 from jepalab.objectives.vicreg import covariance_penalty, std_hinge
 from jepalab.train import distributed
@@ -62,11 +65,6 @@ class PLDMParams(Config):
     center: Literal["batch", "window"] = Field(
         "batch", description="variance/covariance over the batch's frames, or of each frame "
         "minus its window's mean (only what changes within a window counts)")
-
-
-def _mlp(d_in: int, hidden: int, d_out: int) -> nn.Sequential:
-    return nn.Sequential(nn.Linear(d_in, hidden), nn.GELU(), nn.Linear(hidden, hidden),
-                         nn.GELU(), nn.Linear(hidden, d_out))
 
 
 @register
@@ -91,8 +89,8 @@ class PLDM(Objective):
         k = int(cast(int, encoder.embed_dim)) * p.pool**2
         return nn.ModuleDict({
             "encoder": encoder,
-            "dynamics": _mlp(k + self.action_dim, p.hidden, k),
-            "idm": _mlp(2 * k, p.hidden, self.action_dim),
+            "dynamics": ACMLP(k, self.action_dim, width=p.hidden, depth=2),
+            "idm": mlp(2 * k, self.action_dim, p.hidden, depth=2),
         })
 
     def loss(self, batch: Batch, models: nn.ModuleDict) -> tuple[Tensor, dict[str, float]]:
@@ -104,11 +102,8 @@ class PLDM(Objective):
         p, (b, t) = self.params, x.shape[:2]
         a = a.float()
         z = encode_latents(models["encoder"], x.flatten(0, 1), p.pool).view(b, t, -1)
-        pred, zs = [], z[:, 0]
-        for i in range(t - 1):
-            zs = zs + models["dynamics"](torch.cat([zs, a[:, i]], -1))
-            pred.append(zs)
-        terms = {"prediction": (torch.stack(pred, 1) - z[:, 1:]).square().mean()}
+        pred = cast(ACMLP, models["dynamics"]).rollout(z[:, 0], a)
+        terms = {"prediction": (pred - z[:, 1:]).square().mean()}
         spread = z - z.mean(1, keepdim=True) if p.center == "window" else z
         flat = distributed.gather_with_grad(spread.flatten(0, 1))
         terms["variance"] = std_hinge(flat, p.gamma)
