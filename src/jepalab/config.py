@@ -314,6 +314,31 @@ class PredictorConfig(Config):
         return embed_dim * self.pool**2 if self.arch == "mlp" else embed_dim
 
 
+class ValueConfig(Config):
+    """A learned cost-to-go trained with the world model (`jepalab.models.value`): expectile TD
+    on hindsight goals from the same episodes; the planner uses it with `controller.metric:
+    value`."""
+
+    gamma: float = Field(0.98, gt=0.0, lt=1.0, description="discount per step")
+    expectile: float = Field(0.9, gt=0.0, lt=1.0, description="> 0.5: the best logged action")
+    hidden: int = Field(512, ge=8)
+    depth: int = Field(3, ge=1)
+    weight: float = Field(1.0, gt=0.0, description="loss weight next to the predictor's")
+    target_momentum: float = Field(0.98, ge=0.0, lt=1.0, description="slow target copy's EMA")
+    goals: int = Field(8, ge=1, description="hindsight goals drawn per training window")
+    p_current: float = Field(0.2, ge=0.0, le=1.0, description="goal = the window's own frame")
+    p_future: float = Field(0.5, ge=0.0, le=1.0,
+                            description="goal = a later frame (geometric offset); the rest: "
+                            "any frame of the episode")
+
+    @model_validator(mode="after")
+    def _probabilities(self) -> ValueConfig:
+        if self.p_current + self.p_future > 1.0:
+            raise ValueError(f"p_current + p_future must be <= 1, got "
+                             f"{self.p_current} + {self.p_future}")
+        return self
+
+
 class WorldModelConfig(TrainConfig):
     """An action-conditioned latent predictor trained on top of a frozen encoder."""
 
@@ -325,6 +350,14 @@ class WorldModelConfig(TrainConfig):
     rollout_steps: int = Field(2, ge=1, description="k of the k-step autoregressive loss")
     loss: Literal["l1", "l2", "smooth_l1"] = "l1"
     rollout_weight: float = Field(1.0, ge=0.0)
+    value: ValueConfig | None = Field(None, description="also learn a cost-to-go (mlp only)")
+
+    @model_validator(mode="after")
+    def _value_needs_pooled(self) -> WorldModelConfig:
+        if self.value is not None and self.predictor.arch != "mlp":
+            raise ValueError("value: needs predictor.arch 'mlp' (a value over pooled latents), "
+                             f"got {self.predictor.arch!r}")
+        return self
 
 
 # ---------------------------------------------------------------- planning
@@ -339,7 +372,9 @@ class ControllerConfig(Config):
     )
     replan_every: int = Field(1, ge=1, description="actions executed between re-plans")
     max_steps: int | None = Field(None, ge=1, description="episode step cap (default: the scene's)")
-    metric: Literal["l1", "l2", "cosine"] = Field("l1", description="latent distance to the goal")
+    metric: Literal["l1", "l2", "cosine", "value"] = Field(
+        "l1", description="latent distance to the goal, or 'value': the world model's learned "
+        "cost-to-go (steps to the goal; needs a world model trained with `value`)")
     weights: Literal["final", "all"] = Field(
         "final", description="energy on the final predicted step, or averaged over all steps")
 

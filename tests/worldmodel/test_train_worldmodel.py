@@ -310,3 +310,53 @@ def test_latent_cache_matches_encoding_on_the_fly_with_a_pooled_grid(tiny_inputs
         want = wm.encode(frames)  # standardised
     assert item["obs"].shape == (3, 256)
     torch.testing.assert_close(wm.latent_norm(item["obs"]), want, atol=1e-5, rtol=1e-5)
+
+
+def test_value_trains_with_the_world_model_resumes_exactly_and_plans(tiny_inputs, trained,
+                                                                     tmp_path):
+    """`value`: the cost-to-go trains beside the predictor (its loss in the metrics), its goals
+    are drawn per item deterministically, a resumed run replays the same losses, the loaded
+    world model plans with `controller.metric: value`, and one without a value refuses to."""
+    from jepalab.config import ControllerConfig, SceneConfig
+    from jepalab.data.loaders import TransitionDataset
+    from jepalab.eval.control import run_episodes
+    from jepalab.objectives.worldmodel import FROZEN, WorldModelObjective
+    from jepalab.train.worldmodel import LatentCache
+
+    data, enc = tiny_inputs
+    common = ["--steps=6", "--ckpt_every=3", "--keep_ckpts=3", "--value.hidden=16",
+              "--value.goals=3", "--predictor.pool=2"]
+    ref = train_worldmodel(_cfg(tmp_path / "ref", enc, data, *common), progress=False)
+    cut = tmp_path / "cut"
+    train_worldmodel(_cfg(cut, enc, data, *common), progress=False)
+    shutil.rmtree(cut / "checkpoints" / "step_0000006")
+    train_worldmodel(_cfg(cut, enc, data, *common), resume=True, progress=False)
+    rows = [json.loads(ln) for ln in (tmp_path / "ref" / "metrics.jsonl").read_text().splitlines()]
+    resumed = [json.loads(ln) for ln in (cut / "metrics.jsonl").read_text().splitlines()]
+    assert [r["value_loss"] for r in rows] == [r["value_loss"] for r in resumed]
+    assert all(r["value_mean"] <= 0 for r in rows)
+
+    wm = load_world_model(ref)
+    assert wm.value is not None
+    cfg = WorldModelConfig(**wm.manifest["config"])
+    models = torch.nn.ModuleDict({FROZEN: wm.encoder, "latent_norm": wm.latent_norm})
+    base = TransitionDataset(TrajectoryStore.open(data), 2, episodes=[0, 1])
+    cache = LatentCache(base, models, WorldModelObjective(cfg, 2, 4), torch.device("cpu"),
+                        progress=False, value=cfg.value, seed=0)
+    assert len(cache) == 3 * len(cache.base)
+    for i in (0, 4, 7):
+        item, again = cache[i], cache[i]
+        torch.testing.assert_close(item["goals"], again["goals"])
+        e, t = cache.base.locate(i // 3)
+        k = int(item["goal_steps"])
+        if k >= 0:
+            torch.testing.assert_close(item["goals"], cache.z[e][t + k])
+
+    ctrl = ControllerConfig(planner={"method": "cem", "horizon": 3, "samples": 8,
+                                     "iterations": 1, "elites": 2},
+                            max_steps=3, metric="value", weights="final")
+    scene = SceneConfig(name="two-rooms", image_size=32)
+    (row,) = run_episodes(wm, scene, ctrl, [0], progress=False)
+    assert row.steps == 3 and row.plan_time_s > 0
+    with pytest.raises(JepalabError, match="trained with `value`"):
+        run_episodes(load_world_model(trained), scene, ctrl, [0], progress=False)

@@ -54,6 +54,7 @@ def run_episodes(world_model: Any, scene: SceneConfig, ctrl: ControllerConfig, s
     env = make(scene.name, image_size=scene.image_size, perturb=perturb, severity=severity,
                perturb_seed=perturb_seed, **scene.kwargs)
     cfg = planner_config(ctrl, env.action_space)
+    energy = world_model.value_energy(ctrl.weights) if ctrl.metric == "value" else None
     rows = []
     bar = tqdm(seeds, desc=f"plan {scene.name}{'+' + perturb if perturb else ''}",
                disable=not progress, unit="ep")
@@ -64,7 +65,7 @@ def run_episodes(world_model: Any, scene: SceneConfig, ctrl: ControllerConfig, s
             res = run_episode(env, world_model.encode, world_model.unroll_from, cfg, gen,
                               replan_every=ctrl.replan_every, max_steps=ctrl.max_steps,
                               record_frames=i < gifs, obs=obs, metric=ctrl.metric,
-                              weights=ctrl.weights)
+                              weights=ctrl.weights, energy=energy)
         if i < gifs and gif_dir is not None:
             write_gif(res.frames, res.goal_frame, gif_dir / f"episode_{seed}.gif")
         if i == 0 and frames_path is not None:

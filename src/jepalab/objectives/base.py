@@ -27,7 +27,9 @@ class Batch:
     """x: images [B, C, H, W] or clips [B, T, C, H, W], float, normalised.
     masks: mask sets for this batch (empty for objectives that need none).
     generator: this step's generator (augmentations); monitor: compute collapse statistics.
-    actions [B, T-1, A] and states [B, T, S]: present for transition data (world models)."""
+    actions [B, T-1, A] and states [B, T, S]: present for transition data (world models).
+    goals [B, D] and goal_steps [B]: a hindsight goal latent per window and its steps from the
+    window's first frame (< 0: not later in the episode), for a learned cost-to-go."""
 
     x: Tensor
     masks: list[MaskSet]
@@ -35,6 +37,8 @@ class Batch:
     monitor: bool = False
     actions: Tensor | None = None
     states: Tensor | None = None
+    goals: Tensor | None = None
+    goal_steps: Tensor | None = None
 
 
 class Objective:

@@ -20,6 +20,11 @@ Loss over a window of k+1 frames, actions a_0..a_{k-1}:
     loss = tf + rollout_weight * ro
 with d the cfg.loss distance averaged over latent dims, tokens and steps (plus the same distance
 on states when the predictor uses them). With k = 1 the two terms are identical.
+
+With `value` (pooled latents only), a learned cost-to-go is trained alongside on the same
+windows: value.weight * `value_loss` of the transition z_0 -> z_1 towards the window's hindsight
+goal (`jepalab.models.value`); its slow target copy follows by EMA after each step. The value
+reads the standardised latents and never moves the predictor (separate parameters).
 """
 
 from __future__ import annotations
@@ -36,8 +41,9 @@ from jepalab.config import WorldModelConfig
 from jepalab.errors import JepalabError
 from jepalab.models.ac_predictor import ACPredictor, build_predictor
 from jepalab.models.build import FrozenEncoder
+from jepalab.models.value import GoalValue, value_loss
 from jepalab.objectives.base import Batch, Objective
-from jepalab.objectives.jepa import latent_distance
+from jepalab.objectives.jepa import ema_update, latent_distance
 
 FROZEN = "encoder"  # the ModuleDict entry left out of checkpoints (named by hash instead)
 
@@ -135,12 +141,22 @@ class WorldModelObjective(Objective):
         )
         norm = LatentNorm(latent_dim)
         models = nn.ModuleDict({FROZEN: enc, "latent_norm": norm, "predictor": predictor})
+        if (v := self.wm.value) is not None:
+            models["value"] = GoalValue(latent_dim, v.hidden, v.depth, v.gamma)
+            models["value_target"] = GoalValue(latent_dim, v.hidden, v.depth, v.gamma)
+            models["value_target"].load_state_dict(models["value"].state_dict())
+            models["value_target"].requires_grad_(False)
         models.register_state_dict_post_hook(_drop_frozen)
         models.register_load_state_dict_post_hook(_allow_missing_frozen)
         return models
 
     def trainable(self, models: nn.ModuleDict) -> list[str]:
-        return ["predictor"]
+        return ["predictor", "value"] if "value" in models else ["predictor"]
+
+    def after_step(self, models: nn.ModuleDict, step: int, total_steps: int) -> dict[str, float]:
+        if "value" in models:
+            ema_update(models["value_target"], models["value"], self.wm.value.target_momentum)
+        return {}
 
     def latents(self, x: Tensor, models: nn.ModuleDict, standardise: bool = True) -> Tensor:
         """x [B, T, C, H, W] normalised -> latents [B, T, N, D] or [B, T, D] (no gradient).
@@ -187,6 +203,10 @@ class WorldModelObjective(Objective):
                 metrics["state_rollout_loss"] = float(s_ro_loss.detach())
                 tf, ro = tf + s_tf_loss, ro + s_ro_loss
             loss = tf + self.wm.rollout_weight * ro
+            if "value" in models:
+                v_loss, v_metrics = self._value_loss(batch, z, models)
+                loss = loss + self.wm.value.weight * v_loss
+                metrics.update(v_metrics)
             # reference: the error of predicting "nothing moves" (z_{t+1} = z_t)
             copy = self._distance(z[:, :k], target)
         metrics.update(
@@ -198,3 +218,14 @@ class WorldModelObjective(Objective):
             }
         )
         return loss, metrics
+
+    def _value_loss(self, batch: Batch, z: Tensor, models: nn.ModuleDict
+                    ) -> tuple[Tensor, dict[str, float]]:
+        if batch.goals is None or batch.goal_steps is None:
+            raise JepalabError("value: world-model batches need hindsight goals (goals, "
+                               "goal_steps); train with the latent cache (predictor.arch mlp)")
+        goal = self.latents(batch.goals[:, None].float(), models)[:, 0]
+        value = cast(GoalValue, models["value"])
+        target = cast(GoalValue, models["value_target"])
+        return value_loss(value, target, z[:, 0], z[:, 1], goal, batch.goal_steps,
+                          self.wm.value.expectile)

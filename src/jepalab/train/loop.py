@@ -163,6 +163,9 @@ def train_step(
     return metrics
 
 
+TRANSITION_KEYS = ("actions", "states", "goals", "goal_steps")  # item keys that become Batch fields
+
+
 def make_batch(
     item: torch.Tensor | dict[str, torch.Tensor],
     step: int,
@@ -179,7 +182,7 @@ def make_batch(
     extra = (
         {}
         if isinstance(item, torch.Tensor)
-        else {k: item[k].to(device, non_blocking=True) for k in ("actions", "states") if k in item}
+        else {k: item[k].to(device, non_blocking=True) for k in TRANSITION_KEYS if k in item}
     )
     gen = step_generator(cfg.seed, step, 2)
     masks = policy.sample(gen, x.shape[0] if part is None else cfg.batch_size) if policy else []

@@ -14,6 +14,7 @@ whose sha256 differs from the recorded one.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
@@ -21,11 +22,13 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from jepalab.config import WorldModelConfig, build
+from jepalab.config import ValueConfig, WorldModelConfig, build
 from jepalab.errors import JepalabError
 from jepalab.models.ac_predictor import ACPredictor, build_predictor
 from jepalab.models.build import FrozenEncoder, load_encoder, normalize_pixels
+from jepalab.models.value import GoalValue, hindsight_goal
 from jepalab.objectives.worldmodel import LatentNorm, WorldModelObjective, encode_latents
+from jepalab.planning.base import Cost
 from jepalab.train.checkpoint import checkpoint_sha, load_checkpoint, read_manifest
 from jepalab.train.loop import fit, pick_device
 
@@ -63,7 +66,8 @@ def train_worldmodel(
     models.to(device)
     n_stats = fit_latent_norm(models, objective, store, train_eps, cfg.seed, device)
     if objective.pooled:  # the frozen encoder runs once per frame, not once per batch
-        dataset = LatentCache(dataset, models, objective, device, progress)
+        dataset = LatentCache(dataset, models, objective, device, progress,
+                              value=cfg.value, seed=cfg.seed)
     dim = cfg.predictor.latent_dim(encoder.embed_dim)
     z_shape = [dim] if objective.pooled else [int(np.prod(encoder.grid)), dim]
     meta = {
@@ -122,13 +126,16 @@ def _finished(cfg: WorldModelConfig) -> Path | None:
 
 class LatentCache(torch.utils.data.Dataset):
     """A TransitionDataset with each frame replaced by its raw pooled latent, computed once:
-    items {"obs": float [k+1, D], "actions", "states"}. Same indices, same windows."""
+    items {"obs": float [k+1, D], "actions", "states"}. Same windows; with `value`, each window
+    appears `value.goals` times, each with its own hindsight goal ("goals" [D], "goal_steps"),
+    drawn from a generator seeded by (seed, index), so a resumed run sees the same goals."""
 
     def __init__(self, base: Any, models: nn.ModuleDict, objective: WorldModelObjective,
-                 device: torch.device, progress: bool = True, batch: int = 256) -> None:
+                 device: torch.device, progress: bool = True, batch: int = 256,
+                 value: ValueConfig | None = None, seed: int = 0) -> None:
         from tqdm import tqdm
 
-        self.base = base
+        self.base, self.value, self.seed = base, value, seed
         self.z: dict[int, Tensor] = {}
         store = base.store
         for e in tqdm(base.episodes.tolist(), desc="encode frames", unit="ep",
@@ -140,14 +147,25 @@ class LatentCache(torch.utils.data.Dataset):
                 [:, 0].cpu() for i in range(0, len(x), batch)])
 
     def __len__(self) -> int:
-        return len(self.base)
+        return len(self.base) * (self.value.goals if self.value is not None else 1)
 
     def __getitem__(self, i: int) -> dict[str, Tensor]:
-        e, t = self.base.locate(i)
+        window = i // self.value.goals if self.value is not None else i
+        e, t = self.base.locate(window)
         tr = self.base.store.transition(e, t, self.base.k)
-        return {"obs": self.z[e][t : t + self.base.k + 1],
+        item = {"obs": self.z[e][t : t + self.base.k + 1],
                 "actions": torch.from_numpy(tr["actions"]),
                 "states": torch.from_numpy(tr["states"])}
+        if self.value is not None:
+            goal = self._goal_frame(i, t, len(self.z[e]))
+            item["goals"] = self.z[e][goal]
+            item["goal_steps"] = torch.tensor(goal - t if goal >= t else -1)
+        return item
+
+    def _goal_frame(self, i: int, t: int, frames: int) -> int:
+        v = cast(ValueConfig, self.value)
+        return hindsight_goal(np.random.default_rng((self.seed, i)), t, frames, v.gamma,
+                              v.p_current, v.p_future)
 
 
 def fit_latent_norm(
@@ -188,11 +206,13 @@ class WorldModel(nn.Module):
         predictor: ACPredictor,
         pooled: bool,
         manifest: dict[str, Any],
+        value: GoalValue | None = None,
     ) -> None:
         super().__init__()
         self.encoder = encoder.eval().requires_grad_(False)
         self.latent_norm = latent_norm.eval()
         self.predictor = predictor.eval().requires_grad_(False)
+        self.value = value.eval().requires_grad_(False) if value is not None else None
         self.pooled = pooled
         self.manifest = manifest
 
@@ -264,6 +284,28 @@ class WorldModel(nn.Module):
             )
         return self.predictor.rollout(z0, actions.to(z0.dtype))
 
+    def value_energy(self, weights: str = "final") -> Callable[[Tensor], Cost]:
+        """The learned cost-to-go as the planner's energy (`run_episode(energy=...)`): goal latent
+        -> cost of predicted latents [S, H, D], in steps to the goal from the last predicted
+        step ("final") or averaged over the H steps ("all")."""
+        value = self.value
+        if value is None:
+            raise JepalabError("controller.metric: 'value' needs a world model trained with "
+                               "`value` (a learned cost-to-go); this one has none")
+        if weights not in ("final", "all"):
+            raise JepalabError(f"controller.weights: must be 'final' or 'all', got {weights!r}")
+
+        def energy(z_goal: Tensor) -> Cost:
+            goal = z_goal.reshape(1, 1, -1)
+
+            def cost(latents: Tensor) -> Tensor:
+                d = value.steps_to_go(latents, goal)
+                return d[:, -1] if weights == "final" else d.mean(1)
+
+            return cost
+
+        return energy
+
     def _check_actions(self, actions: Tensor) -> None:
         if actions.ndim != 3 or actions.shape[-1] != self.action_dim:
             raise JepalabError(
@@ -311,6 +353,8 @@ def load_world_model(path: str | Path, encoder: str | Path | None = None) -> Wor
         context=cfg.rollout_steps,
     )
     norm = LatentNorm(latent_dim)
+    v = cfg.value
+    value = GoalValue(latent_dim, v.hidden, v.depth, v.gamma) if v is not None else None
 
     def part(prefix: str) -> dict[str, Tensor]:
         return {k[len(prefix) :]: v for k, v in tensors["model"].items() if k.startswith(prefix)}
@@ -318,7 +362,9 @@ def load_world_model(path: str | Path, encoder: str | Path | None = None) -> Wor
     try:
         predictor.load_state_dict(part("predictor."))
         norm.load_state_dict(part("latent_norm."))
+        if value is not None:
+            value.load_state_dict(part("value."))
     except RuntimeError as e:
         first = str(e).splitlines()[0]
         raise JepalabError(f"{path}: predictor weights do not match its config ({first})") from None
-    return WorldModel(enc, norm, predictor, pooled, manifest)
+    return WorldModel(enc, norm, predictor, pooled, manifest, value)

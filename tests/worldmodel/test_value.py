@@ -1,0 +1,122 @@
+"""The learned cost-to-go: its TD targets, its step inversion, that it learns shortest-path
+distances on a known graph, and its path through the world model and the planner."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from jepalab.models.value import GoalValue, value_loss
+from jepalab.objectives.jepa import ema_update
+
+
+class ConstValue(GoalValue):
+    """V(z, g) = a fixed number per call (for hand-checked targets)."""
+
+    def __init__(self, v: float, gamma: float = 0.9) -> None:
+        super().__init__(2, 8, 1, gamma)
+        self.v = v
+
+    def forward(self, z, g):
+        z, g = torch.broadcast_tensors(z, g)
+        return torch.full(z.shape[:-1], self.v) + 0.0 * self.net(torch.cat([z, g], -1))[..., 0]
+
+
+def test_targets_are_zero_at_the_goal_and_the_max_of_backup_and_logged_return():
+    gamma, tau = 0.9, 0.9
+    online, target = ConstValue(-2.0, gamma), ConstValue(-5.0, gamma)
+    z = torch.zeros(4, 2)
+    steps = torch.tensor([0, 1, 10, -1])
+    loss, m = value_loss(online, target, z, z, z, steps, tau)
+    backup = -1 + gamma * -5.0  # -5.5
+    logged = [-(1 - gamma**k) / (1 - gamma) for k in (1, 10)]  # -1.0, -6.51
+    y = torch.tensor([0.0, max(backup, logged[0]), max(backup, logged[1]), backup])
+    diff = y - (-2.0)
+    w = torch.where(diff > 0, tau, 1 - tau)
+    assert math.isclose(float(loss.detach()), float((w * diff**2).mean()), rel_tol=1e-6)
+    assert m["value_mean"] == pytest.approx(-2.0)
+
+
+def test_steps_to_go_inverts_the_discounted_value():
+    gamma = 0.95
+    for d in (0.0, 1.0, 7.0, 40.0):
+        v = ConstValue(-(1 - gamma**d) / (1 - gamma), gamma)
+        got = float(v.steps_to_go(torch.zeros(1, 2), torch.zeros(1, 2)).detach()[0])
+        assert got == pytest.approx(d, abs=1e-2)
+
+
+def test_learns_shortest_path_lengths_from_random_walks_on_a_chain():
+    """States 0..9 on a line (one-hot latents), random-walk episodes of 40 steps; after training
+    on hindsight goals (reached = the same state), steps_to_go(s, g) must be |s - g| within
+    one step on average, ranks included. The random walk's own hitting times are far longer, so
+    a value of the average logged action (expectile 0.5) or the worst fails."""
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    n, eps, length = 10, 60, 40
+    walks = []
+    for _ in range(eps):
+        s = [int(rng.integers(n))]
+        for _ in range(length):
+            s.append(int(np.clip(s[-1] + rng.choice([-1, 1]), 0, n - 1)))
+        walks.append(s)
+    walks = torch.tensor(walks)
+    eye = torch.eye(n)
+    gamma = 0.9
+    value = GoalValue(n, 64, 2, gamma)
+    target = copy.deepcopy(value).requires_grad_(False)
+    opt = torch.optim.Adam(value.parameters(), 3e-3)
+    for _ in range(800):
+        e = torch.randint(eps, (128,))
+        t = torch.randint(length, (128,))
+        tg = torch.where(torch.rand(128) < 0.2, t, torch.randint(length + 1, (128,)))
+        steps = torch.where(tg >= t, tg - t, torch.full_like(t, -1))
+        steps = torch.where(walks[e, t] == walks[e, tg], 0, steps)
+        loss, _ = value_loss(value, target, eye[walks[e, t]], eye[walks[e, t + 1]],
+                             eye[walks[e, tg]], steps, 0.9)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        ema_update(target, value, 0.95)
+    s, g = torch.meshgrid(torch.arange(n), torch.arange(n), indexing="ij")
+    with torch.no_grad():
+        d = value.steps_to_go(eye[s.flatten()], eye[g.flatten()]).numpy()
+    true = (s - g).abs().flatten().numpy()
+    rank = lambda x: np.argsort(np.argsort(x))  # noqa: E731
+    spearman = np.corrcoef(rank(d), rank(true))[0, 1]
+    assert spearman > 0.95, spearman
+    assert np.abs(d - true).mean() < 1.0, np.abs(d - true).mean()
+
+
+def test_value_energy_prefers_latents_nearer_the_goal_and_needs_a_value():
+    from jepalab.train.worldmodel import WorldModel
+
+    class Half(nn.Module):  # steps_to_go = |z - g| summed, via a hand-built value
+        gamma = 0.9
+
+        def steps_to_go(self, z, g):
+            return (z - g).abs().sum(-1)
+
+    wm = WorldModel.__new__(WorldModel)
+    nn.Module.__init__(wm)
+    wm.value = None
+    from jepalab.errors import JepalabError
+
+    with pytest.raises(JepalabError, match="value"):
+        wm.value_energy("final")
+    wm.value = Half()
+    goal = torch.zeros(1, 3)
+    lat = torch.stack([torch.ones(2, 3), torch.zeros(2, 3)])  # [S=2, H=2, D=3]
+    lat[0, 1] = 0.0  # first candidate ends at the goal, second starts there
+    final = wm.value_energy("final")(goal)(lat)
+    assert final.tolist() == [0.0, 0.0]
+    lat[1, 1] = 2.0
+    final = wm.value_energy("final")(goal)(lat)
+    mean = wm.value_energy("all")(goal)(lat)
+    assert final.tolist() == [0.0, 6.0] and mean.tolist() == [1.5, 3.0]
+    with pytest.raises(JepalabError, match="weights"):
+        wm.value_energy("sometimes")
