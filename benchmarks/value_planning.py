@@ -5,8 +5,9 @@ objective -> world model on 2x2-pooled latents, configs/demo/worldmodel.yaml) pl
 world model also learns a cost-to-go (`jepalab.models.value`). The same reset seeds are then
 planned with the contracts' energy (L1 distance to the goal latent, all steps) and with the
 learned value (steps to go from the last predicted step); CEM horizon 8 x 128 x 3, re-plan every
-2, 64 steps. Prints success with Wilson 95 % CIs, the wall time of every stage and planning time
-per episode. Stages resume from OUT (then their times cover only what was left).
+2, 64 steps. Prints success with Wilson 95 % CIs, the wall time of every stage, planning time
+per episode, and how well the value reads encoded frames (`value_vs_path`). Stages resume from
+OUT (then their times cover only what was left).
 
     python benchmarks/value_planning.py [--objective jepa] [--episodes 100] [--out runs/bench/X]
         [--data DATASET] [--encoder CHECKPOINT]   # reuse instead of collecting / pretraining
@@ -18,8 +19,12 @@ import argparse
 import time
 from pathlib import Path
 
+import numpy as np
+import torch
+
 from jepalab.config import ControllerConfig, PretrainConfig, SceneConfig, WorldModelConfig, load
 from jepalab.data.collect import collect
+from jepalab.envs import make
 from jepalab.eval.control import run_episodes, summarize
 from jepalab.io import atomic_write_json, git_info, now_iso
 from jepalab.train.loop import pretrain
@@ -27,6 +32,31 @@ from jepalab.train.worldmodel import load_world_model, train_worldmodel
 
 DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo"
 ENERGIES = [("l1", "all"), ("value", "final")]  # (controller.metric, controller.weights)
+
+
+def value_vs_path(wm, episodes: int = 30, points: int = 40) -> dict[str, float]:
+    """How well the learned value reads encoded frames: agents placed at random free points of
+    fresh random-wall layouts, steps_to_go to the layout's goal frame vs the true shortest path
+    (`TwoRoomsEnv.path_length` / max_step). Spearman per layout (mean) and mean |error|."""
+    env = make("two-rooms", image_size=64, random_wall=True)
+    u = env.unwrapped
+    rank = lambda x: np.argsort(np.argsort(x))  # noqa: E731
+    rhos, errors = [], []
+    for i in range(episodes):
+        env.reset(seed=2_000_000 + i)
+        rng = np.random.default_rng(i)
+        pts = rng.uniform(0.05, 0.95, (points, 2))
+        pts = pts[np.abs(pts[:, 0] - u.wall_x) > 0.06]
+        frames = np.stack([u.set_agent(p)["pixels"] for p in pts])
+        with torch.inference_mode():
+            goal = wm.encode(torch.from_numpy(np.asarray(u.render_goal()).copy())[None])
+            d = wm.value.steps_to_go(wm.encode(torch.from_numpy(frames)), goal).numpy()
+        true = u.path_length(pts) / u.max_step
+        rhos.append(float(np.corrcoef(rank(d), rank(true))[0, 1]))
+        errors.append(float(np.abs(d - true).mean()))
+    env.close()
+    return {"layouts": episodes, "spearman": float(np.mean(rhos)),
+            "mean_abs_error_steps": float(np.mean(errors))}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         "--value={}"]), resume=True)
     times["worldmodel+value"] = time.perf_counter() - t
     wm = load_world_model(wm_path)
+    reading = value_vs_path(wm)
 
     seeds = [1_000_000 + e for e in range(args.episodes)]
     scene = SceneConfig(name="two-rooms", kwargs={"random_wall": True})
@@ -73,6 +104,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\ntwo-rooms (random wall), encoder objective {args.objective}, {args.episodes} "
           f"episodes per energy (same reset seeds); stages (s): "
           + ", ".join(f"{k} {v:.0f}" for k, v in times.items()))
+    print(f"value vs true path length on encoded frames ({reading['layouts']} layouts): "
+          f"Spearman {reading['spearman']:.2f}, mean error "
+          f"{reading['mean_abs_error_steps']:.1f} steps")
     print("\n| energy | success [95 % CI] | mean final distance | planning / episode |")
     print("|---|---|---:|---:|")
     for r in rows:
@@ -82,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     atomic_write_json(out / "value_planning.json", {
         "benchmark": "value_planning", "created": now_iso(), "git": git_info(),
         "objective": args.objective, "encoder": str(enc), "world_model": str(wm_path),
-        "seconds": times, "rows": rows})
+        "seconds": times, "value_vs_path": reading, "rows": rows})
     return 0
 
 

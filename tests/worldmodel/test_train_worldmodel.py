@@ -334,7 +334,7 @@ def test_value_trains_with_the_world_model_resumes_exactly_and_plans(tiny_inputs
     rows = [json.loads(ln) for ln in (tmp_path / "ref" / "metrics.jsonl").read_text().splitlines()]
     resumed = [json.loads(ln) for ln in (cut / "metrics.jsonl").read_text().splitlines()]
     assert [r["value_loss"] for r in rows] == [r["value_loss"] for r in resumed]
-    assert all(r["value_mean"] <= 0 for r in rows)
+    assert all(r["value_mean"] <= 0 and "value_pred_loss" in r for r in rows)  # k = 2
 
     wm = load_world_model(ref)
     assert wm.value is not None

@@ -203,9 +203,11 @@ class TwoRoomsEnv(SceneEnv):
     def _distance(self) -> float:
         return float(np.linalg.norm(self.agent - self.goal))
 
-    def set_agent(self, xy: np.ndarray) -> None:
-        """Place the agent (tests / hand-built states). No collision check."""
+    def set_agent(self, xy: np.ndarray) -> dict[str, np.ndarray]:
+        """Place the agent (tests / hand-built states; no collision check); returns the new
+        observation, which `render()` then shows."""
         self.agent = np.asarray(xy, np.float64).copy()
+        return self._observe()
 
     # ------------------------------------------------------------------ expert
 

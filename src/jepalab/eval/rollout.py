@@ -65,13 +65,9 @@ def _windows(
     }
 
 
-def _device(wm: Any) -> torch.device:
-    return next(wm.predictor.parameters()).device
-
-
 def _state0(wm: Any, states: np.ndarray) -> Tensor | None:
     """The start state when the predictor takes states, else None."""
-    return torch.from_numpy(states[:, 0]).to(_device(wm)) if wm.state_dim else None
+    return torch.from_numpy(states[:, 0]).to(wm.device) if wm.state_dim else None
 
 
 def _bootstrap(
@@ -119,7 +115,7 @@ def rollout_error_vs_horizon(
     copy: list[Tensor] = []
     st_pred: list[np.ndarray] = []
     st_true: list[np.ndarray] = []
-    dev = _device(wm)
+    dev = wm.device
     with torch.inference_mode():
         for i in range(0, len(w["episode"]), batch_size):
             sl = slice(i, i + batch_size)
@@ -195,7 +191,7 @@ def true_action_rank(
     n, a_dim, c1 = len(w["episode"]), w["actions"].shape[-1], n_candidates + 1
     cands = rng.uniform(low, high, size=(n, n_candidates, horizon, a_dim)).astype(np.float32)
     acts = np.concatenate([w["actions"][:, None], cands], 1)  # [n, C+1, H, A], true first
-    dev = _device(wm)
+    dev = wm.device
     energies = []
     with torch.inference_mode():
         for i in range(0, n, chunk):

@@ -24,7 +24,10 @@ on states when the predictor uses them). With k = 1 the two terms are identical.
 With `value` (pooled latents only), a learned cost-to-go is trained alongside on the same
 windows: value.weight * `value_loss` of the transition z_0 -> z_1 towards the window's hindsight
 goal (`jepalab.models.value`); its slow target copy follows by EMA after each step. The value
-reads the standardised latents and never moves the predictor (separate parameters).
+reads the standardised latents and never moves the predictor (separate parameters). With k >= 2
+the same loss is also taken at the predictor's own one-step prediction of z_1 (detached; the
+transition to the real z_2), averaged with the first: the planner scores *predicted* latents,
+and a value fitted on encoded frames only ranked them no better than the L1 distance did.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from jepalab.config import WorldModelConfig
+from jepalab.config import ValueConfig, WorldModelConfig
 from jepalab.errors import JepalabError
 from jepalab.models.ac_predictor import ACPredictor, build_predictor
 from jepalab.models.build import FrozenEncoder
@@ -155,7 +158,8 @@ class WorldModelObjective(Objective):
 
     def after_step(self, models: nn.ModuleDict, step: int, total_steps: int) -> dict[str, float]:
         if "value" in models:
-            ema_update(models["value_target"], models["value"], self.wm.value.target_momentum)
+            v = cast(ValueConfig, self.wm.value)
+            ema_update(models["value_target"], models["value"], v.target_momentum)
         return {}
 
     def latents(self, x: Tensor, models: nn.ModuleDict, standardise: bool = True) -> Tensor:
@@ -204,7 +208,7 @@ class WorldModelObjective(Objective):
                 tf, ro = tf + s_tf_loss, ro + s_ro_loss
             loss = tf + self.wm.rollout_weight * ro
             if "value" in models:
-                v_loss, v_metrics = self._value_loss(batch, z, models)
+                v_loss, v_metrics = self._value_loss(batch, z, z_ro.detach(), models)
                 loss = loss + self.wm.value.weight * v_loss
                 metrics.update(v_metrics)
             # reference: the error of predicting "nothing moves" (z_{t+1} = z_t)
@@ -219,13 +223,21 @@ class WorldModelObjective(Objective):
         )
         return loss, metrics
 
-    def _value_loss(self, batch: Batch, z: Tensor, models: nn.ModuleDict
+    def _value_loss(self, batch: Batch, z: Tensor, z_pred: Tensor, models: nn.ModuleDict
                     ) -> tuple[Tensor, dict[str, float]]:
+        """On the encoded frame 0 and, with k >= 2, on the predicted frame 1 (module docstring)."""
         if batch.goals is None or batch.goal_steps is None:
             raise JepalabError("value: world-model batches need hindsight goals (goals, "
                                "goal_steps); train with the latent cache (predictor.arch mlp)")
         goal = self.latents(batch.goals[:, None].float(), models)[:, 0]
         value = cast(GoalValue, models["value"])
         target = cast(GoalValue, models["value_target"])
-        return value_loss(value, target, z[:, 0], z[:, 1], goal, batch.goal_steps,
-                          self.wm.value.expectile)
+        tau, steps = cast(ValueConfig, self.wm.value).expectile, batch.goal_steps
+        loss, metrics = value_loss(value, target, z[:, 0], z[:, 1], goal, steps, tau)
+        if z.shape[1] >= 3:
+            later = torch.where(steps >= 1, steps - 1, torch.full_like(steps, -1))
+            pred_loss, _ = value_loss(value, target, z_pred[:, 0], z[:, 2], goal, later, tau)
+            metrics["value_pred_loss"] = float(pred_loss.detach())
+            loss = (loss + pred_loss) / 2
+            metrics["value_loss"] = float(loss.detach())
+        return loss, metrics

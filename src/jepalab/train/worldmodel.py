@@ -230,6 +230,10 @@ class WorldModel(nn.Module):
         return self.predictor.state_dim
 
     @property
+    def device(self) -> torch.device:
+        return self.latent_norm.mean.device
+
+    @property
     def val_episodes(self) -> list[int]:
         return list(self.manifest["split"]["val_episodes"])
 
@@ -250,9 +254,9 @@ class WorldModel(nn.Module):
         averaged to one vector [..., D] (what probes and retrieval take)."""
         lead = frames.shape[:-3]
         x = torch.from_numpy(np.ascontiguousarray(frames.reshape(-1, *frames.shape[-3:])))
-        dev = self.latent_norm.mean.device
         with torch.inference_mode():
-            z = torch.cat([self.encode(x[i : i + batch].to(dev)) for i in range(0, len(x), batch)])
+            z = torch.cat([self.encode(x[i : i + batch].to(self.device))
+                           for i in range(0, len(x), batch)])
             if flat and z.ndim == 3:
                 z = z.mean(1)
         return z.reshape(*lead, *z.shape[1:])
