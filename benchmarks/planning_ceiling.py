@@ -34,7 +34,7 @@ from jepalab.eval.stats import wilson_ci
 from jepalab.io import atomic_write_json, git_info, now_iso
 from jepalab.models.value import GoalValue, hindsight_goal, value_loss
 from jepalab.objectives.jepa import ema_update
-from jepalab.planning import PlannerConfig, run_episode
+from jepalab.planning import PlannerConfig, run_episode, step_energy
 
 SETTINGS = [  # (horizon, samples, iterations, weights, energy)
     (8, 128, 3, "all", "l1"), (8, 128, 3, "final", "l1"), (16, 256, 4, "all", "l1"),
@@ -48,11 +48,8 @@ def path_energy(u, weights: str):
     the scene's own)."""
 
     def energy(z_goal: torch.Tensor):
-        def cost(latents: torch.Tensor) -> torch.Tensor:
-            d = torch.from_numpy(u.path_length(latents[..., :2].double().numpy())).float()
-            return d.mean(1) if weights == "all" else d[:, -1]
-
-        return cost
+        return step_energy(lambda latents: torch.from_numpy(
+            u.path_length(latents[..., :2].double().numpy())).float(), weights)
 
     return energy
 
@@ -68,7 +65,7 @@ def learn_value(steps: int, batch: int = 256, seed: int = 0) -> tuple[GoalValue,
         z = torch.from_numpy(np.stack([store.episode(e)["states"]
                                        for e in range(store.num_episodes)])).float()
     torch.manual_seed(seed)
-    value = GoalValue(z.shape[-1], v.hidden, v.depth, v.gamma)
+    value = GoalValue.from_config(z.shape[-1], v)
     target = copy.deepcopy(value).requires_grad_(False)
     opt = torch.optim.AdamW(value.parameters(), 1e-3, weight_decay=1e-4)
     rng, (n_eps, frames) = np.random.default_rng(seed), z.shape[:2]
@@ -85,17 +82,6 @@ def learn_value(steps: int, batch: int = 256, seed: int = 0) -> tuple[GoalValue,
         ema_update(target, value, v.target_momentum)
     return value.eval().requires_grad_(False), {
         "steps": steps, "batch": batch, "seconds": time.perf_counter() - t0, **m}
-
-
-def learned_energy(value: GoalValue, weights: str):
-    def energy(z_goal: torch.Tensor):
-        def cost(latents: torch.Tensor) -> torch.Tensor:
-            d = value.steps_to_go(latents, z_goal.reshape(1, 1, -1))
-            return d.mean(1) if weights == "all" else d[:, -1]
-
-        return cost
-
-    return energy
 
 
 def run(setting: tuple[int, int, int, str, str], episodes: int, max_steps: int,
@@ -130,7 +116,7 @@ def run(setting: tuple[int, int, int, str, str], episodes: int, max_steps: int,
         if kind == "path":
             energy = path_energy(u, weights)
         elif kind == "learned" and value is not None:
-            energy = learned_energy(value, weights)
+            energy = value.energy(weights)
         res = run_episode(env, encode, unroll_from, cfg, torch.Generator().manual_seed(seed),
                           replan_every=2, max_steps=max_steps, obs=obs, metric="l1",
                           weights=weights, energy=energy)

@@ -26,6 +26,7 @@ from jepalab.config import ControllerConfig, PretrainConfig, SceneConfig, WorldM
 from jepalab.data.collect import collect
 from jepalab.envs import make
 from jepalab.eval.control import run_episodes, summarize
+from jepalab.eval.downstream import spearman
 from jepalab.io import atomic_write_json, git_info, now_iso
 from jepalab.train.loop import pretrain
 from jepalab.train.worldmodel import load_world_model, train_worldmodel
@@ -40,7 +41,6 @@ def value_vs_path(wm, episodes: int = 30, points: int = 40) -> dict[str, float]:
     (`TwoRoomsEnv.path_length` / max_step). Spearman per layout (mean) and mean |error|."""
     env = make("two-rooms", image_size=64, random_wall=True)
     u = env.unwrapped
-    rank = lambda x: np.argsort(np.argsort(x))  # noqa: E731
     rhos, errors = [], []
     for i in range(episodes):
         env.reset(seed=2_000_000 + i)
@@ -52,7 +52,7 @@ def value_vs_path(wm, episodes: int = 30, points: int = 40) -> dict[str, float]:
             goal = wm.encode(torch.from_numpy(np.asarray(u.render_goal()).copy())[None])
             d = wm.value.steps_to_go(wm.encode(torch.from_numpy(frames)), goal).numpy()
         true = u.path_length(pts) / u.max_step
-        rhos.append(float(np.corrcoef(rank(d), rank(true))[0, 1]))
+        rhos.append(spearman(d, true))
         errors.append(float(np.abs(d - true).mean()))
     env.close()
     return {"layouts": episodes, "spearman": float(np.mean(rhos)),

@@ -25,13 +25,16 @@ paths across episodes.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from jepalab.config import ValueConfig
 from jepalab.models.mlp import mlp
+from jepalab.planning.base import Cost, check_weights, step_energy
 
 
 class GoalValue(nn.Module):
@@ -45,6 +48,24 @@ class GoalValue(nn.Module):
     def forward(self, z: Tensor, g: Tensor) -> Tensor:
         z, g = torch.broadcast_tensors(z, g)
         return -F.softplus(self.net(torch.cat([z, g], -1)).squeeze(-1))
+
+    @classmethod
+    def from_config(cls, latent_dim: int, cfg: ValueConfig) -> GoalValue:
+        return cls(latent_dim, cfg.hidden, cfg.depth, cfg.gamma)
+
+    def energy(self, weights: str | Tensor = "final", where: str = "value"
+               ) -> Callable[[Tensor], Cost]:
+        """The planner's energy (`run_episode(energy=...)`): goal latent -> cost of predicted
+        latents [S, H, D] in steps to the goal, over the steps as `step_energy` weights them
+        ("final": from the last predicted step). Weights are checked here, not at the first plan.
+        """
+        check_weights(weights, where)
+
+        def energy(z_goal: Tensor) -> Cost:
+            goal = z_goal.reshape(1, 1, -1)
+            return step_energy(lambda latents: self.steps_to_go(latents, goal), weights, where)
+
+        return energy
 
     def steps_to_go(self, z: Tensor, g: Tensor) -> Tensor:
         """The value as a number of steps, d = log(1 + (1 - gamma) V) / log(gamma)."""

@@ -32,6 +32,7 @@ and a value fitted on encoded frames only ranked them no better than the L1 dist
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import cast
 
@@ -144,11 +145,9 @@ class WorldModelObjective(Objective):
         )
         norm = LatentNorm(latent_dim)
         models = nn.ModuleDict({FROZEN: enc, "latent_norm": norm, "predictor": predictor})
-        if (v := self.wm.value) is not None:
-            models["value"] = GoalValue(latent_dim, v.hidden, v.depth, v.gamma)
-            models["value_target"] = GoalValue(latent_dim, v.hidden, v.depth, v.gamma)
-            models["value_target"].load_state_dict(models["value"].state_dict())
-            models["value_target"].requires_grad_(False)
+        if self.wm.value is not None:
+            models["value"] = GoalValue.from_config(latent_dim, self.wm.value)
+            models["value_target"] = copy.deepcopy(models["value"]).requires_grad_(False)
         models.register_state_dict_post_hook(_drop_frozen)
         models.register_load_state_dict_post_hook(_allow_missing_frozen)
         return models

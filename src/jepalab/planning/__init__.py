@@ -21,6 +21,7 @@ from jepalab.planning.base import (
     goal_energy,
     plan,
     shift_plan,
+    step_energy,
 )
 from jepalab.planning.cem import cem
 from jepalab.planning.mpc import EpisodeResult, run_episode, write_gif
@@ -33,6 +34,7 @@ __all__ = [
     "PlanningError",
     "cem",
     "goal_energy",
+    "step_energy",
     "mppi",
     "plan",
     "run_episode",

@@ -170,6 +170,46 @@ class PlanResult:
 # ---------------------------------------------------------------------------- energies
 
 
+def check_weights(weights: str | Tensor, where: str) -> Tensor | None:
+    """Validate an energy's step weights ("final", "all" or a Tensor [H] >= 0); returns the
+    tensor as float32, or None for the named kinds. `where` names the caller in errors."""
+    if isinstance(weights, Tensor):
+        w = weights.detach().to(torch.float32)
+        if w.ndim != 1 or not bool(torch.isfinite(w).all()) or bool((w < 0).any()):
+            raise PlanningError(
+                f"{where}.weights: a tensor must be [H], finite and >= 0, got {weights}"
+            )
+        return w
+    if weights not in ("final", "all"):
+        raise PlanningError(
+            f"{where}.weights: must be 'final', 'all' or a Tensor [H], got {weights!r}"
+        )
+    return None
+
+
+def step_energy(
+    per_step: Callable[[Tensor], Tensor],
+    weights: str | Tensor = "final",
+    where: str = "step_energy",
+) -> Cost:
+    """A cost callable from a per-step cost, predicted latents [S, H, ...] -> [S, H]:
+    weights "final" -> last step only; "all" -> uniform mean over the H steps; a Tensor [H]
+    (>= 0) -> weighted sum over steps. `where` names the caller in errors."""
+    w = check_weights(weights, where)
+
+    def cost(latents: Tensor) -> Tensor:
+        steps = per_step(latents)
+        if w is not None:
+            if w.shape[0] != steps.shape[1]:
+                raise PlanningError(
+                    f"{where}.weights: has {w.shape[0]} entries, horizon is {steps.shape[1]}"
+                )
+            return (steps * w.to(steps.device)).sum(1)
+        return steps[:, -1] if weights == "final" else steps.mean(1)
+
+    return cost
+
+
 def goal_energy(
     goal_latent: Tensor,
     metric: str = "l1",
@@ -180,25 +220,13 @@ def goal_energy(
     goal_latent: [...] (the latents' trailing shape, e.g. [D] or [N, D]) or [1, ...].
     metric, per step: "l1" = mean |z - g| over all latent dims; "l2" = mean (z - g)^2 over all
     latent dims; "cosine" = 1 - cos(z, g) along the last dim (D), averaged over tokens.
-    weights: "final" -> last step only; "all" -> uniform mean over the H steps; a Tensor [H]
-    (>= 0) -> weighted sum over steps.
+    weights: over the steps, as in `step_energy`.
     """
     if metric not in METRICS:
         raise PlanningError(f"goal_energy.metric: must be one of {METRICS}, got {metric!r}")
-    w: Tensor | None = None
-    if isinstance(weights, Tensor):
-        w = weights.detach().to(goal_latent.device, torch.float32)
-        if w.ndim != 1 or not bool(torch.isfinite(w).all()) or bool((w < 0).any()):
-            raise PlanningError(
-                f"goal_energy.weights: a tensor must be [H], finite and >= 0, got {weights}"
-            )
-    elif weights not in ("final", "all"):
-        raise PlanningError(
-            f"goal_energy.weights: must be 'final', 'all' or a Tensor [H], got {weights!r}"
-        )
     goal = goal_latent.detach()
 
-    def cost(latents: Tensor) -> Tensor:
+    def distance(latents: Tensor) -> Tensor:
         trailing = latents.shape[2:]
         g = goal[0] if goal.shape != trailing and goal.shape == (1, *trailing) else goal
         if g.shape != trailing:
@@ -208,20 +236,11 @@ def goal_energy(
             )
         if metric == "cosine":
             d = 1.0 - torch.nn.functional.cosine_similarity(latents, g.expand_as(latents), dim=-1)
-            per_step = d.flatten(2).mean(-1) if d.ndim > 2 else d
-        else:
-            diff = (latents - g).flatten(2)
-            per_step = (diff.abs() if metric == "l1" else diff.square()).mean(-1)
-        if w is not None:
-            if w.shape[0] != per_step.shape[1]:
-                raise PlanningError(
-                    f"goal_energy.weights: has {w.shape[0]} entries, horizon is "
-                    f"{per_step.shape[1]}"
-                )
-            return (per_step * w).sum(1)
-        return per_step[:, -1] if weights == "final" else per_step.mean(1)
+            return d.flatten(2).mean(-1) if d.ndim > 2 else d
+        diff = (latents - g).flatten(2)
+        return (diff.abs() if metric == "l1" else diff.square()).mean(-1)
 
-    return cost
+    return step_energy(distance, weights, "goal_energy")
 
 
 # ---------------------------------------------------------------------------- warm start

@@ -289,26 +289,11 @@ class WorldModel(nn.Module):
         return self.predictor.rollout(z0, actions.to(z0.dtype))
 
     def value_energy(self, weights: str = "final") -> Callable[[Tensor], Cost]:
-        """The learned cost-to-go as the planner's energy (`run_episode(energy=...)`): goal latent
-        -> cost of predicted latents [S, H, D], in steps to the goal from the last predicted
-        step ("final") or averaged over the H steps ("all")."""
-        value = self.value
-        if value is None:
+        """The learned cost-to-go as the planner's energy (`GoalValue.energy`)."""
+        if self.value is None:
             raise JepalabError("controller.metric: 'value' needs a world model trained with "
                                "`value` (a learned cost-to-go); this one has none")
-        if weights not in ("final", "all"):
-            raise JepalabError(f"controller.weights: must be 'final' or 'all', got {weights!r}")
-
-        def energy(z_goal: Tensor) -> Cost:
-            goal = z_goal.reshape(1, 1, -1)
-
-            def cost(latents: Tensor) -> Tensor:
-                d = value.steps_to_go(latents, goal)
-                return d[:, -1] if weights == "final" else d.mean(1)
-
-            return cost
-
-        return energy
+        return self.value.energy(weights, "controller")
 
     def _check_actions(self, actions: Tensor) -> None:
         if actions.ndim != 3 or actions.shape[-1] != self.action_dim:
@@ -357,8 +342,7 @@ def load_world_model(path: str | Path, encoder: str | Path | None = None) -> Wor
         context=cfg.rollout_steps,
     )
     norm = LatentNorm(latent_dim)
-    v = cfg.value
-    value = GoalValue(latent_dim, v.hidden, v.depth, v.gamma) if v is not None else None
+    value = GoalValue.from_config(latent_dim, cfg.value) if cfg.value is not None else None
 
     def part(prefix: str) -> dict[str, Tensor]:
         return {k[len(prefix) :]: v for k, v in tensors["model"].items() if k.startswith(prefix)}
