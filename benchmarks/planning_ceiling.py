@@ -54,10 +54,11 @@ def path_energy(u, weights: str):
     return energy
 
 
-def learn_value(steps: int, batch: int = 256, seed: int = 0) -> tuple[GoalValue, dict]:
+def learn_value(steps: int, batch: int = 256, seed: int = 0, form: str = "mlp"
+                ) -> tuple[GoalValue, dict]:
     """The world model's cost-to-go learning (`ValueConfig` defaults, the same loss and goal
     sampling), on the true states of the demo's collected data."""
-    v = ValueConfig()
+    v = ValueConfig(form=form)
     with tempfile.TemporaryDirectory() as tmp:
         store = TrajectoryStore.open(collect(
             "two-rooms", 300, f"{tmp}/data", image_size=16, max_steps=64, progress=False,
@@ -81,7 +82,7 @@ def learn_value(steps: int, batch: int = 256, seed: int = 0) -> tuple[GoalValue,
         opt.step()
         ema_update(target, value, v.target_momentum)
     return value.eval().requires_grad_(False), {
-        "steps": steps, "batch": batch, "seconds": time.perf_counter() - t0, **m}
+        "steps": steps, "batch": batch, "form": form, "seconds": time.perf_counter() - t0, **m}
 
 
 def run(setting: tuple[int, int, int, str, str], episodes: int, max_steps: int,
@@ -133,11 +134,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--episodes", type=int, default=20)
     p.add_argument("--max-steps", type=int, default=64)
     p.add_argument("--value-steps", type=int, default=3000)
+    p.add_argument("--value-form", choices=["mlp", "metric"], default="mlp")
     p.add_argument("--only", choices=["l1", "path", "learned"], help="one energy's rows")
     p.add_argument("--out", default="runs/bench/planning_ceiling.json")
     args = p.parse_args(argv)
     settings = [s for s in SETTINGS if args.only in (None, s[4])]
-    value, learning = (learn_value(args.value_steps) if any(s[4] == "learned" for s in settings)
+    learned = any(s[4] == "learned" for s in settings)
+    value, learning = (learn_value(args.value_steps, form=args.value_form) if learned
                        else (None, None))
     rows = [run(s, args.episodes, args.max_steps, value) for s in settings]
     print(f"two-rooms (random wall), perfect model, CEM, replan every 2, "
@@ -149,7 +152,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['weights']} | "
               f"{r['success']:.0%} [{r['ci95'][0]:.0%}, {r['ci95'][1]:.0%}] |")
     if learning:
-        print(f"\nlearned value: {learning['steps']} steps x {learning['batch']} in "
+        print(f"\nlearned value ({learning['form']}): {learning['steps']} steps x "
+              f"{learning['batch']} in "
               f"{learning['seconds']:.0f} s")
     atomic_write_json(args.out, {"benchmark": "planning_ceiling", "created": now_iso(),
                                  "git": git_info(), "value_learning": learning, "rows": rows})

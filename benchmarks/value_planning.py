@@ -11,6 +11,7 @@ OUT (then their times cover only what was left).
 
     python benchmarks/value_planning.py [--objective jepa] [--episodes 100] [--out runs/bench/X]
         [--data DATASET] [--encoder CHECKPOINT]   # reuse instead of collecting / pretraining
+        [--pool 2] [--wm-steps 2000]              # the world model's latent grid and length
 """
 
 from __future__ import annotations
@@ -65,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--episodes", type=int, default=100, help="evaluation episodes per energy")
     p.add_argument("--data", default=None, help="an existing two-rooms dataset (skip collect)")
     p.add_argument("--encoder", default=None, help="an existing encoder (skip pretraining)")
+    p.add_argument("--pool", type=int, default=2, help="world-model latent grid (pool x pool)")
+    p.add_argument("--wm-steps", type=int, default=2000, help="world-model (and value) steps")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
     out = Path(args.out or f"runs/bench/value_planning/{args.objective}")
@@ -84,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     t = time.perf_counter()
     wm_path = train_worldmodel(load(WorldModelConfig, DEMO / "worldmodel.yaml", [
         f"--encoder={enc}", f"--data.path={data}", f"--out_dir={out / 'worldmodel'}",
-        "--value={}"]), resume=True)
+        "--value={}", f"--predictor.pool={args.pool}", f"--steps={args.wm_steps}"]), resume=True)
     times["worldmodel+value"] = time.perf_counter() - t
     wm = load_world_model(wm_path)
     reading = value_vs_path(wm)
@@ -115,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['final_distance']:.3f} | {r['plan_time_per_episode_s']:.1f} s |")
     atomic_write_json(out / "value_planning.json", {
         "benchmark": "value_planning", "created": now_iso(), "git": git_info(),
-        "objective": args.objective, "encoder": str(enc), "world_model": str(wm_path),
+        "objective": args.objective, "pool": args.pool, "wm_steps": args.wm_steps,
+        "encoder": str(enc), "world_model": str(wm_path),
         "seconds": times, "value_vs_path": reading, "rows": rows})
     return 0
 

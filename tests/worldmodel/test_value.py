@@ -50,7 +50,8 @@ def test_steps_to_go_inverts_the_discounted_value():
         assert got == pytest.approx(d, abs=1e-2)
 
 
-def test_learns_shortest_path_lengths_from_random_walks_on_a_chain():
+@pytest.mark.parametrize("form", ["mlp", "metric"])
+def test_learns_shortest_path_lengths_from_random_walks_on_a_chain(form):
     """States 0..9 on a line (one-hot latents), random-walk episodes of 40 steps; after training
     on hindsight goals (reached = the same state), steps_to_go(s, g) must be |s - g| within
     one step on average, ranks included. The random walk's own hitting times are far longer, so
@@ -67,7 +68,7 @@ def test_learns_shortest_path_lengths_from_random_walks_on_a_chain():
     walks = torch.tensor(walks)
     eye = torch.eye(n)
     gamma = 0.9
-    value = GoalValue(n, 64, 2, gamma)
+    value = GoalValue(n, 64, 2, gamma, form=form, embed=16)
     target = copy.deepcopy(value).requires_grad_(False)
     opt = torch.optim.Adam(value.parameters(), 3e-3)
     for _ in range(800):
@@ -89,6 +90,21 @@ def test_learns_shortest_path_lengths_from_random_walks_on_a_chain():
     rho = spearman(d, true)
     assert rho > 0.95, rho
     assert np.abs(d - true).mean() < 1.0, np.abs(d - true).mean()
+
+
+def test_the_metric_form_is_a_distance_in_steps():
+    torch.manual_seed(0)
+    value = GoalValue(5, 32, 2, 0.95, form="metric", embed=8)
+    z, g, w = torch.randn(3, 16, 5)
+    with torch.no_grad():
+        d_zg, d_gz = value.steps_to_go(z, g), value.steps_to_go(g, z)
+        emb = value.net(z) - value.net(g)
+        assert torch.allclose(d_zg, emb.norm(dim=-1), rtol=1e-3, atol=1e-3)
+        assert torch.allclose(d_zg, d_gz, atol=1e-3)
+        assert value(g, g).abs().max() < 1e-3
+        assert (d_zg <= value.steps_to_go(z, w) + value.steps_to_go(w, g) + 1e-3).all()
+    with pytest.raises(ValueError, match="form"):
+        GoalValue(5, 32, 2, 0.95, form="table")
 
 
 def test_value_energy_weights_the_steps_to_go():

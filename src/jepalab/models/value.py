@@ -20,6 +20,12 @@ transition z -> z' and a goal g drawn from the same episode,
 Both targets bound the optimal value from below for a deterministic scene, so the max is one
 too; the logged path's return makes long horizons learnable in few steps, the backup stitches
 paths across episodes.
+
+Two forms of V (`ValueConfig.form`): "mlp", any function of [z, g]; "metric", the steps to go
+as a distance d = ||phi(z) - phi(g)|| in a learned embedding (HIQL's parametrisation, here with
+one shared phi). A metric is zero at the goal, symmetric and obeys the triangle inequality, as
+shortest-path lengths do in a scene whose moves can be undone (navigation), so it generalises
+from fewer pairs; it cannot express one-way moves (a push that cannot be undone).
 """
 
 from __future__ import annotations
@@ -40,18 +46,25 @@ from jepalab.planning.base import Cost, check_weights, step_energy
 class GoalValue(nn.Module):
     """V(z, g) <= 0 from latents z [..., D] and goals g [..., D] (broadcast)."""
 
-    def __init__(self, latent_dim: int, hidden: int, depth: int, gamma: float) -> None:
+    def __init__(self, latent_dim: int, hidden: int, depth: int, gamma: float,
+                 form: str = "mlp", embed: int = 64) -> None:
         super().__init__()
-        self.latent_dim, self.gamma = latent_dim, float(gamma)
-        self.net = mlp(2 * latent_dim, 1, hidden, depth)
+        if form not in ("mlp", "metric"):
+            raise ValueError(f"value form must be 'mlp' or 'metric', got {form!r}")
+        self.latent_dim, self.gamma, self.form = latent_dim, float(gamma), form
+        self.net = (mlp(2 * latent_dim, 1, hidden, depth) if form == "mlp"
+                    else mlp(latent_dim, embed, hidden, depth))
 
     def forward(self, z: Tensor, g: Tensor) -> Tensor:
         z, g = torch.broadcast_tensors(z, g)
-        return -F.softplus(self.net(torch.cat([z, g], -1)).squeeze(-1))
+        if self.form == "mlp":
+            return -F.softplus(self.net(torch.cat([z, g], -1)).squeeze(-1))
+        d = ((self.net(z) - self.net(g)).square().sum(-1) + 1e-8).sqrt()
+        return torch.expm1(d * math.log(self.gamma)) / (1.0 - self.gamma)
 
     @classmethod
     def from_config(cls, latent_dim: int, cfg: ValueConfig) -> GoalValue:
-        return cls(latent_dim, cfg.hidden, cfg.depth, cfg.gamma)
+        return cls(latent_dim, cfg.hidden, cfg.depth, cfg.gamma, cfg.form, cfg.embed)
 
     def energy(self, weights: str | Tensor = "final", where: str = "value"
                ) -> Callable[[Tensor], Cost]:
