@@ -107,3 +107,26 @@ def test_latent_norm_standardises_and_is_identity_until_fit():
     torch.testing.assert_close(out.mean(0), torch.zeros(5), atol=1e-5, rtol=0)
     torch.testing.assert_close(out[:, :4].std(0, unbiased=False), torch.ones(4), atol=1e-4, rtol=0)
     assert torch.isfinite(out[:, 4]).all() and out[:, 4].abs().max() < 1e-3  # constant dim
+
+
+def test_a_video_encoder_reads_images_as_static_clips():
+    """World models, probes and planners take a video encoder: an image is the clip of that
+    frame repeated, its tokens averaged over time (one per spatial cell); clips pass whole."""
+    from jepalab.models.build import normalize_pixels
+
+    torch.manual_seed(0)
+    v = vit("micro", img_size=16, patch_size=8, depth=1, frames=4, tubelet=2).eval()
+    enc = FrozenEncoder(v, "0" * 64, {})
+    px = torch.randint(0, 256, (3, 16, 16, 3), dtype=torch.uint8)
+    clip = normalize_pixels(px.movedim(-1, -3))[:, None].expand(-1, 4, -1, -1, -1)
+    with torch.no_grad():
+        tok = enc(px)
+        assert enc.grid == (2, 2) and tok.shape == (3, 4, v.embed_dim)
+        assert torch.allclose(tok, v(clip).view(3, 2, 4, -1).mean(1), atol=1e-6)
+        moving = px[:, None].repeat(1, 4, 1, 1, 1)
+        moving[:, 1:] = 255 - moving[:, 1:]
+        assert enc(moving).shape == (3, 8, v.embed_dim)  # a clip: all its tokens
+    obj = WorldModelObjective(_cfg("mlp", 1), A, S)
+    models = obj.build(enc)  # pooled latents on the per-frame grid
+    z = obj.latents(torch.randn(2, 2, 3, 16, 16), models, standardise=False)
+    assert z.shape == (2, 2, v.embed_dim * obj.pool**2)

@@ -44,7 +44,13 @@ def build_encoder(cfg: PretrainConfig) -> nn.Module:
 
 
 class FrozenEncoder(nn.Module):
-    """A pretrained encoder for downstream use: uint8 pixels [B, H, W, 3] -> tokens / pooled."""
+    """A pretrained encoder for downstream use: uint8 pixels [B, H, W, 3] -> tokens / pooled.
+
+    A video encoder reads an image as a static clip (the frame repeated over its clip length,
+    as V-JEPA evaluates images) and returns its tokens averaged over time: one token per
+    spatial cell, so world models, probes and planners take image and video encoders alike.
+    `grid` is that per-frame token grid; clips [B, T, H, W, 3] still pass through whole.
+    """
 
     def __init__(self, encoder: nn.Module, sha256: str, config: dict[str, Any]) -> None:
         super().__init__()
@@ -58,11 +64,20 @@ class FrozenEncoder(nn.Module):
 
     @property
     def grid(self) -> tuple[int, ...]:
-        return self.encoder.grid
+        return tuple(self.encoder.grid[-2:])
 
     def forward(self, pixels: Tensor) -> Tensor:
-        """pixels uint8 [B, H, W, 3] (or [B, T, H, W, 3] for video) -> tokens [B, N, D]."""
-        return self.encoder(normalize_pixels(pixels.movedim(-1, -3)))
+        """pixels uint8 [B, H, W, 3] -> tokens [B, N, D] (N = prod(grid)); a video encoder's
+        clips [B, T, H, W, 3] -> its tokens [B, T' * N, D]."""
+        return self.tokens(normalize_pixels(pixels.movedim(-1, -3)))
+
+    def tokens(self, x: Tensor) -> Tensor:
+        """`forward` on normalised input: images [B, C, H, W] (or clips [B, T, C, H, W])."""
+        frames = getattr(self.encoder, "frames", 1)
+        if frames == 1 or x.ndim == 5:
+            return self.encoder(x)
+        tokens = self.encoder(x[:, None].expand(-1, frames, -1, -1, -1))
+        return tokens.view(x.shape[0], self.encoder.grid[0], -1, tokens.shape[-1]).mean(1)
 
     def pooled(self, pixels: Tensor) -> Tensor:
         return self.forward(pixels).mean(1)

@@ -321,6 +321,7 @@ class ViT(nn.Module):
         self.embed_dim = embed_dim
         self.pos = pos
         side = img_size // patch_size
+        self.frames = frames
         self.grid: tuple[int, ...] = (
             (side, side) if frames == 1 else (frames // tubelet, side, side)
         )

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable
 from typing import cast
 
 import torch
@@ -77,7 +78,7 @@ class LatentNorm(nn.Module):
 
 
 def encode_latents(
-    encoder: nn.Module, x: Tensor, pool: int, norm: LatentNorm | None = None
+    encoder: Callable[[Tensor], Tensor], x: Tensor, pool: int, norm: LatentNorm | None = None
 ) -> Tensor:
     """Normalised images [B, C, H, W] -> latents, float32, standardised by `norm` when given:
     pool 0: layer-normed tokens [B, N, D]; pool p >= 1: those tokens averaged onto a p x p grid
@@ -127,12 +128,7 @@ class WorldModelObjective(Objective):
         training), "predictor": the AC model}; state_dict() of the result leaves the encoder out
         (it is recorded by path and sha256)."""
         enc = cast(FrozenEncoder, encoder)
-        grid = tuple(enc.grid)
-        if len(grid) != 2:
-            raise JepalabError(
-                f"encoder: a world model needs an image encoder, got a video "
-                f"encoder (token grid {grid})"
-            )
+        grid = tuple(enc.grid)  # per-frame tokens (a video encoder reads static clips)
         enc.eval().requires_grad_(False)
         latent_dim = self.wm.predictor.latent_dim(enc.embed_dim)
         predictor = build_predictor(
@@ -171,7 +167,7 @@ class WorldModelObjective(Objective):
         enc.eval()  # train_step calls models.train(); the frozen encoder must stay in eval mode
         b, t = x.shape[:2]
         with torch.no_grad():
-            z = encode_latents(enc.encoder, x.flatten(0, 1), self.pool, norm)
+            z = encode_latents(enc.tokens, x.flatten(0, 1), self.pool, norm)
         return z.reshape(b, t, *z.shape[1:])
 
     def _distance(self, pred: Tensor, target: Tensor) -> Tensor:

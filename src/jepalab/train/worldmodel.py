@@ -246,7 +246,7 @@ class WorldModel(nn.Module):
             )
         x = normalize_pixels(pixels.movedim(-1, -3))
         pool = int(self.manifest["latent"].get("pool", 1)) if self.pooled else 0
-        return encode_latents(self.encoder.encoder, x, pool, self.latent_norm)
+        return encode_latents(self.encoder.tokens, x, pool, self.latent_norm)
 
     def encode_frames(self, frames: np.ndarray, batch: int = 256, flat: bool = False) -> Tensor:
         """Many frames, uint8 numpy [..., H, W, 3] -> latents [..., D] or [..., N, D] on the
