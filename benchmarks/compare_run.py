@@ -4,7 +4,8 @@ Runs (or resumes: finished encoders, world models and episodes are reused by has
 comparison and prints one row per entry: linear-probe state RMSE, kNN retrieval precision,
 rollout error at the contract's horizon (relative to copying the last latent), label-efficiency
 area, planning success per condition with Wilson 95 % CIs, training cost, and the reference's
-acceptance decision against the entry; then, per operation, the best and worst entry.
+acceptance decision against the entry; then, per operation, the best and worst entry; then the
+linear probe's R^2 per state variable (what each latent keeps).
 
     python benchmarks/compare_run.py configs/compare/two_rooms.yaml [--json OUT.json]
 """
@@ -48,6 +49,13 @@ def table(summary: dict) -> str:
         note = " (CIs overlap the runner-up)" if op.get("overlap") else ""
         lines.append(f"| {op['operation']} | {op['best']} {v[op['best']]:.3g}{note} | "
                      f"{op['worst']} {v[op['worst']]:.3g} |")
+    r2 = {e["name"]: e["metrics"].get("probe_r2") for e in summary["entries"]}
+    if all(r2.values()):  # what each latent keeps: linear-probe R^2 per state variable
+        names = list(next(iter(r2.values())))
+        lines += ["", "| entry | " + " | ".join(f"R² {n}" for n in names) + " |",
+                  "|" + "---|" * (len(names) + 1)]
+        lines += [f"| {e} | " + " | ".join("—" if v[n] is None else f"{v[n]:.2f}" for n in names)
+                  + " |" for e, v in r2.items()]
     return "\n".join(lines)
 
 

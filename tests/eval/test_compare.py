@@ -131,6 +131,9 @@ def test_compare_end_to_end_writes_card_and_records(tmp_path, capsys, monkeypatc
     for e in rows.values():
         m = e["metrics"]
         assert m["probe_rmse"] > 0 and 0 <= m["knn_precision"] <= 1 and m["rollout_l1"] > 0
+        assert list(m["probe_r2"]) == ["agent_x", "agent_y", "wall_x", "door_y"]
+        assert all(v is None or v <= 1 for v in m["probe_r2"].values())
+        assert m["probe_r2"]["agent_x"] is not None  # the agent moves; a fixed wall gives None
         assert set(e["success"]) == {"clean", "lighting_shift@2"}
         assert all(s["n"] == 2 for s in e["success"].values())
     assert rows["jepa"]["cost"]["wall_s"] > 0 and rows["random-init"]["cost"]["wall_s"] == 0
@@ -147,6 +150,7 @@ def test_compare_end_to_end_writes_card_and_records(tmp_path, capsys, monkeypatc
         assert Path(summary["pairs"][other]["card"]).is_file()
     html = (run / "compare.html").read_text()
     assert "Matched budget" in html and "main failure mode" in html
+    assert "What each latent keeps" in html and "door_y" in html
     assert "Training budget" in Path(summary["pairs"]["mae"]["card"]).read_text()
     assert html.count("<img") == 3 and "random-init" in html
     md = (run / "compare.md").read_text()

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,7 +45,7 @@ from jepalab.errors import JepalabError
 from jepalab.eval.compare_budget import check_budget, step_flops
 from jepalab.io import atomic_write_json
 
-METRICS_FORMAT = "jepalab.compare-metrics/1"
+METRICS_FORMAT = "jepalab.compare-metrics/2"
 
 
 @dataclass(frozen=True)
@@ -245,8 +246,9 @@ def finished_pair(contract: ContractConfig) -> tuple[Any, Path] | None:
 
 
 def representation_metrics(c: CompareConfig, wm_path: Path) -> dict[str, Any]:
-    """Probe RMSE, kNN precision@k, rollout error at the horizon and label efficiency of one
-    world model's latents on its held-out episodes (cached by world-model sha256 + settings)."""
+    """Probe RMSE (and R^2 per state variable), kNN precision@k, rollout error at the horizon
+    and label efficiency of one world model's latents on its held-out episodes (cached by
+    world-model sha256 + settings)."""
     from jepalab.train.checkpoint import checkpoint_sha
 
     settings = {"probe": c.probe.model_dump(), "horizon": c.rollout_horizon}
@@ -260,6 +262,17 @@ def representation_metrics(c: CompareConfig, wm_path: Path) -> dict[str, Any]:
     atomic_write_json(path, {"format": METRICS_FORMAT, "key": key, "world_model": str(wm_path),
                              "metrics": m})
     return m
+
+
+def state_names(scene: str, kwargs: dict[str, Any]) -> list[str]:
+    """The scene's state variables, in the order its `state` (and a dataset's states) use."""
+    from jepalab.envs import make
+
+    env = make(scene, image_size=16, **kwargs)
+    try:
+        return list(env.unwrapped.state_names)
+    finally:
+        env.close()
 
 
 def _measure(c: CompareConfig, wm_path: Path) -> dict[str, Any]:
@@ -278,7 +291,8 @@ def _measure(c: CompareConfig, wm_path: Path) -> dict[str, Any]:
     z_tr, y_tr, g_tr = _latents(wm, store, train, p.every)
     z_te, y_te, _ = _latents(wm, store, wm.val_episodes, p.every)
     probe = fit_linear_probe(z_tr, y_tr, ridge=p.ridge)
-    rmse = probe_error(probe, z_te, y_te)["rmse_mean"]
+    err = probe_error(probe, z_te, y_te, state_names(c.scene.name, c.scene.kwargs))
+    rmse = err["rmse_mean"]
     k = min(p.knn_k, len(z_tr))
     prec = precision_at_k(LatentIndex(z_tr), z_te, y_te, y_tr, k=k, tol=p.retrieval_tol,
                           dims=p.retrieval_dims)
@@ -286,8 +300,10 @@ def _measure(c: CompareConfig, wm_path: Path) -> dict[str, Any]:
     l1, copy = roll["l1"]["mean"], roll["copy_l1"]["mean"]
     curve = label_efficiency(z_tr, y_tr, z_te, y_te, budgets=p.label_budgets, groups=g_tr,
                              seeds=(0, 1, 2))
+    # R^2 per variable; None where a variable is constant in the test split (undefined)
+    r2 = {n: v if math.isfinite(v) else None for n, v in err["r2"].items()}
     return {
-        "probe_rmse": float(rmse), "knn_precision": float(prec), "knn_k": k,
+        "probe_rmse": float(rmse), "probe_r2": r2, "knn_precision": float(prec), "knn_k": k,
         "rollout_l1": float(l1[-1]), "rollout_copy_l1": float(copy[-1]),
         "rollout_rel": float(l1[-1] / max(copy[-1], 1e-12)),
         "rollout_curve": [[h, a / max(b, 1e-12)] for h, a, b in zip(roll["horizon"], l1, copy)],
@@ -368,11 +384,15 @@ def compare(c: CompareConfig, progress: bool = True) -> tuple[dict[str, Any], Pa
 
 
 def _mean_metrics(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
-    """Scalars averaged over pretraining seeds; curves of the first seed."""
+    """Scalars (and per-variable scalars) averaged over pretraining seeds; curves of the first
+    seed."""
     m = dict(per_seed[0])
     for k, v in per_seed[0].items():
         if isinstance(v, float):
             m[k] = float(np.mean([s[k] for s in per_seed]))
+        elif isinstance(v, dict):
+            vals = {n: [s[k][n] for s in per_seed] for n in v}
+            m[k] = {n: None if None in x else float(np.mean(x)) for n, x in vals.items()}
     return m
 
 

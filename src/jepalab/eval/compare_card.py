@@ -134,6 +134,19 @@ def _results_table(s: dict[str, Any]) -> Block:
     return ("table", head, rows)
 
 
+def _keeps_blocks(s: dict[str, Any]) -> list[Block]:
+    """Linear-probe R^2 per state variable: which part of the state each latent keeps (e.g. the
+    static layout but not the moving agent). Absent from summaries measured before it existed."""
+    r2 = {e["name"]: e["metrics"].get("probe_r2") for e in s["entries"]}
+    if not all(r2.values()):
+        return []
+    names = list(next(iter(r2.values())))
+    rows = [[e, *[_f(v.get(n), 2) for n in names]] for e, v in r2.items()]
+    return [("h2", "What each latent keeps (linear-probe R² per state variable, held-out "
+                   "episodes; 1 = fully decodable, ≤ 0 = not at all)"),
+            ("table", ["entry", *names], rows)]
+
+
 def _preserve_blocks(s: dict[str, Any], ops: list[dict[str, Any]]) -> list[Block]:
     objective = {e["name"]: e["objective"] for e in s["entries"]}
     ref = s["reference"]
@@ -231,7 +244,7 @@ def _blocks(s: dict[str, Any], out_dir: Path) -> list[Block]:
              ("rule", f"{c['rule']['name']} {json.dumps(c['rule']['params'], sort_keys=True)}")]
     blocks: list[Block] = [("h2", "Setup"), ("kv", setup), *_budget_blocks(s),
                            ("h2", "Results (one row per entry; means over pretraining seeds)"),
-                           _results_table(s), *_preserve_blocks(s, ops),
+                           _results_table(s), *_keeps_blocks(s), *_preserve_blocks(s, ops),
                            *_decision_blocks(s, out_dir), ("h2", "Figures"),
                            ("img", "success", success_bars(s), "planning success per condition")]
     le = {e["name"]: e["metrics"]["label_efficiency"] for e in s["entries"]}
