@@ -384,13 +384,13 @@ def compare(c: CompareConfig, progress: bool = True) -> tuple[dict[str, Any], Pa
 
 
 def _mean_metrics(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
-    """Scalars (and per-variable scalars) averaged over pretraining seeds; curves of the first
-    seed."""
+    """Float metrics averaged over pretraining seeds, also per variable (R^2 per state variable;
+    None if undefined in any seed); counts and curves of the first seed."""
     m = dict(per_seed[0])
     for k, v in per_seed[0].items():
         if isinstance(v, float):
             m[k] = float(np.mean([s[k] for s in per_seed]))
-        elif isinstance(v, dict):
+        elif k == "probe_r2":
             vals = {n: [s[k][n] for s in per_seed] for n in v}
             m[k] = {n: None if None in x else float(np.mean(x)) for n, x in vals.items()}
     return m
