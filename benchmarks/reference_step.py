@@ -311,6 +311,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3, help="timed steps per side (median)")
     ap.add_argument("--own-masks", action="store_true",
                     help="also time ours on its own (padded, untruncated) masks")
+    ap.add_argument("--compile", action="store_true",
+                    help="ours with `compile: true` (torch.compile of the trained modules, as "
+                         "`jepalab pretrain` does; the warm-up round then includes compiling)")
     ap.add_argument("--out", default="benchmarks/results/reference_step.json")
     args = ap.parse_args()
     img, patch, batch = 224, 16, 16
@@ -334,6 +337,9 @@ def main() -> None:
     same.masks = [to_maskset(me, mp)]
     own = make_batch(x, 0, cfg, policy, torch.device("cpu"))
     check = check_same_function(obj, models, ref, same, me, mp)
+    if args.compile:  # after the check, which copies weights by parameter name
+        for name in obj.trainable(models):
+            models[name].compile(dynamic=True)  # as jepalab.train.loop does with compile: true
     print(f"# same function: loss ours {check['loss_ours']:.6f} vs reference-style "
           f"{check['loss_reference']:.6f}; block-0 qkv grad rel. diff {check['grad_rel_diff']:.1e}")
     tokens = {"same": (int(me[0].shape[1]), int(mp[0].shape[1])),
@@ -374,6 +380,8 @@ def main() -> None:
         ref_masks(torch.Generator().manual_seed(s), batch, img // patch)
         mask_t["reference"].append(time.perf_counter() - t)
     mask_med = {k: statistics.median(v) for k, v in mask_t.items()}
+    if args.compile:
+        print("# ours: torch.compile (inductor, dynamic shapes) of the trained modules")
     print(f"\n| implementation | masks (context / target tokens) | step s (median of "
           f"{args.repeats}) | images/s |")
     print("|---|---|---|---|")
@@ -392,7 +400,7 @@ def main() -> None:
     out = {
         "label": LABEL, "torch": torch.__version__, "threads": torch.get_num_threads(),
         "config": {"preset": PRESET, "img": img, "patch": patch, "batch": batch, **PRED,
-                   "masks": MASKS, "tokens": tokens},
+                   "masks": MASKS, "tokens": tokens, "compile": args.compile},
         "same_function_check": check, "step_s": times, "median_step_s": med,
         "images_per_s": {k: batch / v for k, v in med.items()},
         "ratio_ours_over_reference": ratio, "mask_sampling_s": mask_med,

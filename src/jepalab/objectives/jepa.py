@@ -8,14 +8,23 @@ f_ξ is an exponential moving average of f_θ; its momentum is a pure function o
 
 On small, homogeneous data (a few hundred episodes of one scene) the EMA asymmetry alone does
 not keep the embeddings apart: the targets become near-constant across images and the loss
-falls towards zero (on two-rooms the effective rank of the tokens fell from 18 to 2.3 in 600
+falls towards zero (on two-rooms the effective rank of the tokens fell from 18 to 2.1 in 800
 steps). objective.params adds C-JEPA's remedy (Mo & Tong 2024), VICReg's variance and
 covariance terms on the context encoder's mean-pooled embedding across the (global) batch:
 
     L += μ·mean_k relu(γ − sqrt(Var s_k + ε)) + ν·(1/D) Σ_{k≠l} Cov(s)²_kl,   s = mean_n z_c
 
+On clips the same hinge can also be put on what *moves*: the difference of consecutive frames'
+pooled context embeddings, s_t = mean of frame t's context tokens,
+
+    L += ω·mean_t mean_k relu(γ − sqrt(Var (s_{t+1} − s_t)_k + ε))
+
+Static content (a room's layout) contributes nothing to s_{t+1} − s_t, so its spread must come
+from what changes between frames (the agent): the variance term alone spreads the latent along
+whatever differs across images, and on two-rooms that is mostly the layout.
+
 objective.params (all optional): std_weight μ (0: off, the I-JEPA objective), cov_weight ν
-(0), gamma γ (1).
+(0), motion_weight ω (0; clips of >= 2 token frames only), gamma γ (1).
 """
 
 from __future__ import annotations
@@ -29,6 +38,7 @@ from torch import Tensor, nn
 from torch.profiler import record_function
 
 from jepalab.config import Config, ObjectiveConfig, PretrainConfig, build
+from jepalab.errors import JepalabError
 from jepalab.models.vit import Predictor, gather_tokens
 from jepalab.objectives.base import Batch, Objective, masked_mean, register
 from jepalab.objectives.vicreg import covariance_penalty, std_hinge
@@ -39,6 +49,7 @@ from jepalab.train.monitors import collapse_stats
 class JEPAParams(Config):
     std_weight: float = Field(0.0, ge=0.0, description="variance term weight μ (0: off)")
     cov_weight: float = Field(0.0, ge=0.0, description="covariance term weight ν (0: off)")
+    motion_weight: float = Field(0.0, ge=0.0, description="frame-difference variance weight ω")
     gamma: float = Field(1.0, gt=0.0, description="target std γ of each pooled dimension")
 
 
@@ -66,6 +77,15 @@ def latent_distance(pred: Tensor, target: Tensor, kind: str) -> Tensor:
     return F.smooth_l1_loss(pred, target, reduction="none").mean(-1)
 
 
+def frame_differences(z: Tensor, idx: Tensor, keep: Tensor, grid: tuple[int, ...]) -> Tensor:
+    """Context tokens z [B, Nc, D] of a clip (flat indices idx [B, Nc] into a (T, H, W) grid,
+    keep [B, Nc]) -> s_{t+1} - s_t [B, T-1, D], s_t the mean of frame t's kept tokens."""
+    per_frame = grid[1] * grid[2]
+    w = F.one_hot(idx // per_frame, grid[0]).float() * keep.unsqueeze(-1).float()  # [B, Nc, T]
+    s = torch.einsum("bnt,bnd->btd", w, z.float()) / w.sum(1).unsqueeze(-1).clamp_min(1.0)
+    return s[:, 1:] - s[:, :-1]
+
+
 @register
 class JEPA(Objective):
     name = "jepa"
@@ -75,6 +95,10 @@ class JEPA(Objective):
         self.params = build(JEPAParams, cfg.params, source="objective.params")
 
     def build(self, encoder: nn.Module) -> nn.ModuleDict:
+        if self.params.motion_weight and (len(encoder.grid) != 3 or encoder.grid[0] < 2):
+            raise JepalabError(
+                f"objective.params.motion_weight needs clips of >= 2 token frames "
+                f"(data.frames / model.tubelet >= 2), got a token grid {tuple(encoder.grid)}")
         m = self.run.model
         predictor = Predictor(
             encoder.grid, encoder.embed_dim, m.pred_dim, m.pred_depth, m.pred_heads,
@@ -97,13 +121,16 @@ class JEPA(Objective):
             h = models["target_encoder"](batch.x)  # [B, N, D]
             if self.cfg.target_layernorm:
                 h = F.layer_norm(h, h.shape[-1:])
-        out, self._pooled = [], []
+        out, self._pooled, self._moves = [], [], []
         for ms in batch.masks:
             with record_function("jepa/context_encoder"):
                 z = models["encoder"](batch.x, ms.context_idx, ms.context_keep)
             if self.params.std_weight or self.params.cov_weight:  # per-image mean of kept tokens
                 w = ms.context_keep.to(torch.float32).unsqueeze(-1)
                 self._pooled.append((z.float() * w).sum(1) / w.sum(1).clamp_min(1.0))
+            if self.params.motion_weight:
+                self._moves.append(frame_differences(z, ms.context_idx, ms.context_keep,
+                                                     models["encoder"].grid))
             with record_function("jepa/predictor"):
                 pred = models["predictor"](
                     z, ms.context_idx, ms.context_keep, ms.target_idx, ms.target_keep
@@ -131,6 +158,14 @@ class JEPA(Objective):
             metrics.update(prediction=metrics["loss"], variance=float(std.detach()),
                            covariance=float(cov.detach()))
             loss = loss + prm.std_weight * std + prm.cov_weight * cov
+            metrics["loss"] = float(loss.detach())
+        if self._moves:  # the variance of what changes between frames, on the global batch
+            d = [distributed.gather_with_grad(m) for m in self._moves]  # [B, T-1, D] each
+            motion = torch.stack([std_hinge(m[:, t], self.params.gamma)
+                                  for m in d for t in range(m.shape[1])]).mean()
+            metrics.setdefault("prediction", metrics["loss"])
+            metrics["motion"] = float(motion.detach())
+            loss = loss + self.params.motion_weight * motion
             metrics["loss"] = float(loss.detach())
         if batch.monitor:
             preds = torch.cat([p[k].detach().float() for p, _, k in pairs])
