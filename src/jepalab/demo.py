@@ -62,7 +62,7 @@ def demo(out: str | Path = "runs/demo", quick: bool = False) -> dict[str, Any]:
     collect(ccol.scene, ccol.episodes, out / "data", **fields)
     _done(times, "collect", t)
 
-    t = _stage("2/5 pretrain the I-JEPA encoder")
+    t = _stage("2/5 pretrain the JEPA encoder")
     pcfg = load(PretrainConfig, CONFIGS / "pretrain.yaml",
                 [f"--out_dir={out / 'pretrain'}", f"--data.path={out / 'data'}", *q["pretrain"]])
     jepa = tracked_training(pcfg, lambda tr: pretrain(pcfg, resume=True, tracker=tr))
