@@ -31,7 +31,7 @@ from jepalab.errors import JepalabError
 from jepalab.eval.compare import state_names
 from jepalab.eval.probes import fit_linear_probe, probe_error
 from jepalab.io import atomic_write_json, git_info, now_iso
-from jepalab.models.build import load_encoder, normalize_pixels
+from jepalab.models.build import FrozenEncoder, load_encoder, normalize_pixels
 from jepalab.objectives.worldmodel import encode_latents
 from jepalab.train.checkpoint import read_manifest
 
@@ -61,10 +61,9 @@ def logged_collapse(ckpt: Path, step: int | None) -> dict[str, float]:
 
 
 @torch.no_grad()
-def latents(path: Path, store: TrajectoryStore, episodes: range, every: int, pool: int
+def latents(enc: FrozenEncoder, store: TrajectoryStore, episodes: range, every: int, pool: int
             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Pooled latents [N, D], states [N, S] and episode ids [N] of every `every`-th frame."""
-    enc = load_encoder(path)
     zs, ys, gs = [], [], []
     for e in episodes:
         ep = store.episode(e)
@@ -105,8 +104,9 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for ckpt in checkpoints(args.encoders):
         t0 = time.perf_counter()
-        z_tr, y_tr, _ = latents(ckpt, store, range(n - n_val), args.every, args.pool)
-        z_te, y_te, g_te = latents(ckpt, store, range(n - n_val, n), args.every, args.pool)
+        enc = load_encoder(ckpt)
+        z_tr, y_tr, _ = latents(enc, store, range(n - n_val), args.every, args.pool)
+        z_te, y_te, g_te = latents(enc, store, range(n - n_val, n), args.every, args.pool)
         err = probe_error(fit_linear_probe(z_tr, y_tr, ridge=args.ridge), z_te, y_te, names)
         m = read_manifest(ckpt)
         obj = m.get("config", {}).get("objective", {})

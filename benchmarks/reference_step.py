@@ -50,7 +50,13 @@ from jepalab.masks import MaskSet, build_mask_policy
 from jepalab.models.build import build_encoder
 from jepalab.models.vit import sincos_pos_embed
 from jepalab.objectives import Batch, build_objective
-from jepalab.train.loop import make_batch, make_optimizer, set_schedules, train_step
+from jepalab.train.loop import (
+    compile_trainable,
+    make_batch,
+    make_optimizer,
+    set_schedules,
+    train_step,
+)
 
 LABEL = "reference-style re-implementation (written here), not the official I-JEPA code"
 PRESET = {"name": "vit_tiny", "dim": 192, "depth": 12, "heads": 3}
@@ -338,8 +344,7 @@ def main() -> None:
     own = make_batch(x, 0, cfg, policy, torch.device("cpu"))
     check = check_same_function(obj, models, ref, same, me, mp)
     if args.compile:  # after the check, which copies weights by parameter name
-        for name in obj.trainable(models):
-            models[name].compile(dynamic=True)  # as jepalab.train.loop does with compile: true
+        compile_trainable(obj, models)
     print(f"# same function: loss ours {check['loss_ours']:.6f} vs reference-style "
           f"{check['loss_reference']:.6f}; block-0 qkv grad rel. diff {check['grad_rel_diff']:.1e}")
     tokens = {"same": (int(me[0].shape[1]), int(mp[0].shape[1])),

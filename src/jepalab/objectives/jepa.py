@@ -77,12 +77,18 @@ def latent_distance(pred: Tensor, target: Tensor, kind: str) -> Tensor:
     return F.smooth_l1_loss(pred, target, reduction="none").mean(-1)
 
 
+def kept_mean(z: Tensor, keep: Tensor, group: Tensor | None = None, groups: int = 1) -> Tensor:
+    """Mean of the kept tokens of z [B, N, D] (keep [B, N]) per group (group [B, N], values in
+    [0, groups); default: one group) -> [B, groups, D], float32."""
+    g = torch.zeros_like(keep, dtype=torch.long) if group is None else group
+    w = F.one_hot(g, groups).float() * keep.unsqueeze(-1).float()  # [B, N, groups]
+    return torch.einsum("bng,bnd->bgd", w, z.float()) / w.sum(1).unsqueeze(-1).clamp_min(1.0)
+
+
 def frame_differences(z: Tensor, idx: Tensor, keep: Tensor, grid: tuple[int, ...]) -> Tensor:
     """Context tokens z [B, Nc, D] of a clip (flat indices idx [B, Nc] into a (T, H, W) grid,
     keep [B, Nc]) -> s_{t+1} - s_t [B, T-1, D], s_t the mean of frame t's kept tokens."""
-    per_frame = grid[1] * grid[2]
-    w = F.one_hot(idx // per_frame, grid[0]).float() * keep.unsqueeze(-1).float()  # [B, Nc, T]
-    s = torch.einsum("bnt,bnd->btd", w, z.float()) / w.sum(1).unsqueeze(-1).clamp_min(1.0)
+    s = kept_mean(z, keep, idx // (grid[1] * grid[2]), grid[0])
     return s[:, 1:] - s[:, :-1]
 
 
@@ -126,8 +132,7 @@ class JEPA(Objective):
             with record_function("jepa/context_encoder"):
                 z = models["encoder"](batch.x, ms.context_idx, ms.context_keep)
             if self.params.std_weight or self.params.cov_weight:  # per-image mean of kept tokens
-                w = ms.context_keep.to(torch.float32).unsqueeze(-1)
-                self._pooled.append((z.float() * w).sum(1) / w.sum(1).clamp_min(1.0))
+                self._pooled.append(kept_mean(z, ms.context_keep)[:, 0])
             if self.params.motion_weight:
                 self._moves.append(frame_differences(z, ms.context_idx, ms.context_keep,
                                                      models["encoder"].grid))
@@ -149,24 +154,22 @@ class JEPA(Objective):
             for p, t, k in pairs
         ]
         loss = torch.stack(losses).mean()
-        metrics = {"loss": float(loss.detach())}
-        if self._pooled:  # the variance and covariance terms, on the global batch
-            prm = self.params
+        prm, terms = self.params, {}  # the regularisers, on the global batch
+        if self._pooled:
             pooled = [distributed.gather_with_grad(s) for s in self._pooled]
-            std = torch.stack([std_hinge(s, prm.gamma) for s in pooled]).mean()
-            cov = torch.stack([covariance_penalty(s) for s in pooled]).mean()
-            metrics.update(prediction=metrics["loss"], variance=float(std.detach()),
-                           covariance=float(cov.detach()))
-            loss = loss + prm.std_weight * std + prm.cov_weight * cov
-            metrics["loss"] = float(loss.detach())
-        if self._moves:  # the variance of what changes between frames, on the global batch
+            terms["variance"] = (prm.std_weight, torch.stack(
+                [std_hinge(s, prm.gamma) for s in pooled]).mean())
+            terms["covariance"] = (prm.cov_weight, torch.stack(
+                [covariance_penalty(s) for s in pooled]).mean())
+        if self._moves:  # the variance of what changes between frames
             d = [distributed.gather_with_grad(m) for m in self._moves]  # [B, T-1, D] each
-            motion = torch.stack([std_hinge(m[:, t], self.params.gamma)
-                                  for m in d for t in range(m.shape[1])]).mean()
-            metrics.setdefault("prediction", metrics["loss"])
-            metrics["motion"] = float(motion.detach())
-            loss = loss + self.params.motion_weight * motion
-            metrics["loss"] = float(loss.detach())
+            terms["motion"] = (prm.motion_weight, torch.stack(
+                [std_hinge(m[:, t], prm.gamma) for m in d for t in range(m.shape[1])]).mean())
+        parts = {"prediction": float(loss.detach())} if terms else {}
+        for name, (weight, term) in terms.items():
+            parts[name] = float(term.detach())
+            loss = loss + weight * term
+        metrics = {"loss": float(loss.detach()), **parts}
         if batch.monitor:
             preds = torch.cat([p[k].detach().float() for p, _, k in pairs])
             tgts = torch.cat([t[k].float() for _, t, k in pairs])

@@ -166,6 +166,13 @@ def train_step(
 TRANSITION_KEYS = ("actions", "states", "goals", "goal_steps")  # item keys that become Batch fields
 
 
+def compile_trainable(objective: Any, models: nn.ModuleDict) -> None:
+    """`compile: true`: torch.compile the trained modules in place (parameter names, hence
+    checkpoints, are unchanged), with dynamic shapes: mask sizes change from step to step."""
+    for name in objective.trainable(models):
+        models[name].compile(dynamic=True)
+
+
 def make_batch(
     item: torch.Tensor | dict[str, torch.Tensor],
     step: int,
@@ -296,9 +303,8 @@ def fit(
         models.load_state_dict(tensors["model"])
         restore_optimizer(opt, tensors["optim"], manifest["optimizer"])
         start = manifest["step"]
-    if cfg.compile:  # in place: parameter names (checkpoints) are unchanged
-        for name in objective.trainable(models):
-            models[name].compile(dynamic=True)  # mask sizes change from step to step
+    if cfg.compile:
+        compile_trainable(objective, models)
     loss_fn = None
     if ctx.world > 1:
         loss_fn = torch.nn.parallel.DistributedDataParallel(
