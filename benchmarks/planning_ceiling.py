@@ -54,14 +54,14 @@ def path_energy(u, weights: str):
     return energy
 
 
-def learn_value(steps: int, batch: int = 256, seed: int = 0, form: str = "mlp"
-                ) -> tuple[GoalValue, dict]:
+def learn_value(steps: int, batch: int = 256, seed: int = 0, form: str = "mlp",
+                episodes: int = 300) -> tuple[GoalValue, dict]:
     """The world model's cost-to-go learning (`ValueConfig` defaults, the same loss and goal
-    sampling), on the true states of the demo's collected data."""
+    sampling), on the true states of data collected as the demo's (300 episodes by default)."""
     v = ValueConfig(form=form)
     with tempfile.TemporaryDirectory() as tmp:
         store = TrajectoryStore.open(collect(
-            "two-rooms", 300, f"{tmp}/data", image_size=16, max_steps=64, progress=False,
+            "two-rooms", episodes, f"{tmp}/data", image_size=16, max_steps=64, progress=False,
             scene_kwargs={"random_wall": True, "terminate_on_success": False}))
         z = torch.from_numpy(np.stack([store.episode(e)["states"]
                                        for e in range(store.num_episodes)])).float()
@@ -82,7 +82,8 @@ def learn_value(steps: int, batch: int = 256, seed: int = 0, form: str = "mlp"
         opt.step()
         ema_update(target, value, v.target_momentum)
     return value.eval().requires_grad_(False), {
-        "steps": steps, "batch": batch, "form": form, "seconds": time.perf_counter() - t0, **m}
+        "steps": steps, "batch": batch, "form": form, "episodes": episodes,
+        "seconds": time.perf_counter() - t0, **m}
 
 
 def run(setting: tuple[int, int, int, str, str], episodes: int, max_steps: int,
@@ -134,13 +135,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--episodes", type=int, default=20)
     p.add_argument("--max-steps", type=int, default=64)
     p.add_argument("--value-steps", type=int, default=3000)
-    p.add_argument("--value-form", choices=["mlp", "metric"], default="mlp")
+    p.add_argument("--value-data", type=int, default=300, help="episodes the value learns from")
+    p.add_argument("--value-form", choices=["diff", "mlp", "metric"], default="mlp")
     p.add_argument("--only", choices=["l1", "path", "learned"], help="one energy's rows")
     p.add_argument("--out", default="runs/bench/planning_ceiling.json")
     args = p.parse_args(argv)
     settings = [s for s in SETTINGS if args.only in (None, s[4])]
     learned = any(s[4] == "learned" for s in settings)
-    value, learning = (learn_value(args.value_steps, form=args.value_form) if learned
+    value, learning = (learn_value(args.value_steps, form=args.value_form,
+                                       episodes=args.value_data) if learned
                        else (None, None))
     rows = [run(s, args.episodes, args.max_steps, value) for s in settings]
     print(f"two-rooms (random wall), perfect model, CEM, replan every 2, "

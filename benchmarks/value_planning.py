@@ -11,7 +11,9 @@ OUT (then their times cover only what was left).
 
     python benchmarks/value_planning.py [--objective jepa] [--episodes 100] [--out runs/bench/X]
         [--data DATASET] [--encoder CHECKPOINT]   # reuse instead of collecting / pretraining
+        [--collect 300]                           # episodes collected when --data is not given
         [--pool 2] [--wm-steps 2000]              # the world model's latent grid and length
+        [--value-form diff]                       # ValueConfig.form (before 2026-11-30: mlp)
 """
 
 from __future__ import annotations
@@ -65,16 +67,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--objective", default="jepa", help="pretraining objective of the encoder")
     p.add_argument("--episodes", type=int, default=100, help="evaluation episodes per energy")
     p.add_argument("--data", default=None, help="an existing two-rooms dataset (skip collect)")
+    p.add_argument("--collect", type=int, default=300, help="episodes to collect without --data")
     p.add_argument("--encoder", default=None, help="an existing encoder (skip pretraining)")
     p.add_argument("--pool", type=int, default=2, help="world-model latent grid (pool x pool)")
     p.add_argument("--wm-steps", type=int, default=2000, help="world-model (and value) steps")
+    p.add_argument("--value-form", choices=["diff", "mlp", "metric"], default="diff",
+                   help="the value's form (ValueConfig.form)")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
     out = Path(args.out or f"runs/bench/value_planning/{args.objective}")
     times: dict[str, float] = {}
 
     t = time.perf_counter()
-    data = args.data or collect("two-rooms", 300, out / "data", max_steps=64, image_size=64,
+    data = args.data or collect("two-rooms", args.collect, out / "data", max_steps=64,
+                                image_size=64,
                                 scene_kwargs={"random_wall": True,
                                               "terminate_on_success": False})
     times["collect"] = time.perf_counter() - t
@@ -87,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     t = time.perf_counter()
     wm_path = train_worldmodel(load(WorldModelConfig, DEMO / "worldmodel.yaml", [
         f"--encoder={enc}", f"--data.path={data}", f"--out_dir={out / 'worldmodel'}",
-        "--value={}", f"--predictor.pool={args.pool}", f"--steps={args.wm_steps}"]), resume=True)
+        f"--value.form={args.value_form}", f"--predictor.pool={args.pool}",
+        f"--steps={args.wm_steps}"]), resume=True)
     times["worldmodel+value"] = time.perf_counter() - t
     wm = load_world_model(wm_path)
     reading = value_vs_path(wm)
@@ -119,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     atomic_write_json(out / "value_planning.json", {
         "benchmark": "value_planning", "created": now_iso(), "git": git_info(),
         "objective": args.objective, "pool": args.pool, "wm_steps": args.wm_steps,
+        "value_form": args.value_form,
+        "episodes_collected": None if args.data else args.collect,
         "encoder": str(enc), "world_model": str(wm_path),
         "seconds": times, "value_vs_path": reading, "rows": rows})
     return 0

@@ -323,9 +323,10 @@ class ValueConfig(Config):
     expectile: float = Field(0.9, gt=0.0, lt=1.0, description="> 0.5: the best logged action")
     hidden: int = Field(512, ge=8)
     depth: int = Field(3, ge=1)
-    form: Literal["mlp", "metric"] = Field(
-        "mlp", description="V from an MLP of [z, g], or steps to go as a learned distance "
-        "||phi(z) - phi(g)|| (symmetric: for scenes whose moves can be undone)")
+    form: Literal["diff", "mlp", "metric"] = Field(
+        "diff", description="V from an MLP of [z, g - z] (what z and g share cancels), of "
+        "[z, g], or steps to go as a learned distance ||phi(z) - phi(g)|| (symmetric: for "
+        "scenes whose moves can be undone)")
     embed: int = Field(64, ge=1, description="width of phi for form 'metric'")
     weight: float = Field(1.0, gt=0.0, description="loss weight next to the predictor's")
     target_momentum: float = Field(0.98, ge=0.0, lt=1.0, description="slow target copy's EMA")

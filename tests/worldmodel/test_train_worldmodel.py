@@ -337,7 +337,7 @@ def test_value_trains_with_the_world_model_resumes_exactly_and_plans(tiny_inputs
     assert all(r["value_mean"] <= 0 and "value_pred_loss" in r for r in rows)  # k = 2
 
     wm = load_world_model(ref)
-    assert wm.value is not None
+    assert wm.value is not None and wm.value.form == "diff"  # the default, as recorded
     cfg = WorldModelConfig(**wm.manifest["config"])
     models = torch.nn.ModuleDict({FROZEN: wm.encoder, "latent_norm": wm.latent_norm})
     base = TransitionDataset(TrajectoryStore.open(data), 2, episodes=[0, 1])
@@ -360,3 +360,13 @@ def test_value_trains_with_the_world_model_resumes_exactly_and_plans(tiny_inputs
     assert row.steps == 3 and row.plan_time_s > 0
     with pytest.raises(JepalabError, match="trained with `value`"):
         run_episodes(load_world_model(trained), scene, ctrl, [0], progress=False)
+
+
+def test_a_value_recorded_before_forms_existed_loads_as_the_mlp_it_was():
+    from jepalab.train.worldmodel import stored_config
+
+    old = {"steps": 5, "value": {"gamma": 0.98, "hidden": 16}}
+    assert stored_config(old)["value"] == {"gamma": 0.98, "hidden": 16, "form": "mlp"}
+    assert old["value"] == {"gamma": 0.98, "hidden": 16}  # the manifest's dict is not changed
+    for cfg in ({"value": {"form": "diff"}}, {"value": None}, {"steps": 5}):
+        assert stored_config(cfg) == cfg

@@ -21,11 +21,18 @@ Both targets bound the optimal value from below for a deterministic scene, so th
 too; the logged path's return makes long horizons learnable in few steps, the backup stitches
 paths across episodes.
 
-Two forms of V (`ValueConfig.form`): "mlp", any function of [z, g]; "metric", the steps to go
-as a distance d = ||phi(z) - phi(g)|| in a learned embedding (HIQL's parametrisation, here with
-one shared phi). A metric is zero at the goal, symmetric and obeys the triangle inequality, as
-shortest-path lengths do in a scene whose moves can be undone (navigation), so it generalises
-from fewer pairs; it cannot express one-way moves (a push that cannot be undone).
+Three forms of V (`ValueConfig.form`):
+- "diff" (default), an MLP of [z, g - z]. What z and g share (the room's layout: most of a
+  self-supervised latent's variance) cancels in g - z, so the net sees what differs from the
+  start. On the demo's JEPA latents an MLP of [z, g] did not learn to compare them at all (its
+  value stayed near a constant: Spearman -0.00 against the true path length on fresh layouts);
+  the same MLP of [z, g - z] reached 0.54 (`benchmarks/value_planning.py`, README).
+- "mlp", an MLP of [z, g] (world models trained before "diff" existed record it).
+- "metric", the steps to go as a distance d = ||phi(z) - phi(g)|| in a learned embedding
+  (HIQL's parametrisation, here with one shared phi). A metric is zero at the goal, symmetric
+  and obeys the triangle inequality, as shortest-path lengths do in a scene whose moves can be
+  undone (navigation), so it generalises from fewer pairs; it cannot express one-way moves (a
+  push that cannot be undone).
 """
 
 from __future__ import annotations
@@ -47,18 +54,19 @@ class GoalValue(nn.Module):
     """V(z, g) <= 0 from latents z [..., D] and goals g [..., D] (broadcast)."""
 
     def __init__(self, latent_dim: int, hidden: int, depth: int, gamma: float,
-                 form: str = "mlp", embed: int = 64) -> None:
+                 form: str = "diff", embed: int = 64) -> None:
         super().__init__()
-        if form not in ("mlp", "metric"):
-            raise ValueError(f"value form must be 'mlp' or 'metric', got {form!r}")
+        if form not in ("diff", "mlp", "metric"):
+            raise ValueError(f"value form must be 'diff', 'mlp' or 'metric', got {form!r}")
         self.latent_dim, self.gamma, self.form = latent_dim, float(gamma), form
-        self.net = (mlp(2 * latent_dim, 1, hidden, depth) if form == "mlp"
-                    else mlp(latent_dim, embed, hidden, depth))
+        self.net = (mlp(latent_dim, embed, hidden, depth) if form == "metric"
+                    else mlp(2 * latent_dim, 1, hidden, depth))
 
     def forward(self, z: Tensor, g: Tensor) -> Tensor:
         z, g = torch.broadcast_tensors(z, g)
-        if self.form == "mlp":
-            return -F.softplus(self.net(torch.cat([z, g], -1)).squeeze(-1))
+        if self.form != "metric":
+            x = torch.cat([z, g - z if self.form == "diff" else g], -1)
+            return -F.softplus(self.net(x).squeeze(-1))
         d = ((self.net(z) - self.net(g)).square().sum(-1) + 1e-8).sqrt()
         return torch.expm1(d * math.log(self.gamma)) / (1.0 - self.gamma)
 

@@ -302,6 +302,15 @@ class WorldModel(nn.Module):
             )
 
 
+def stored_config(config: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's recorded config as it was trained: a value recorded before
+    `ValueConfig.form` existed was an MLP of [z, g] ("mlp"), not today's default."""
+    value = config.get("value")
+    if isinstance(value, dict) and "form" not in value:
+        return {**config, "value": {**value, "form": "mlp"}}
+    return config
+
+
 def load_world_model(path: str | Path, encoder: str | Path | None = None) -> WorldModel:
     """A world-model checkpoint -> WorldModel (eval mode, CPU), every hash verified.
 
@@ -311,7 +320,8 @@ def load_world_model(path: str | Path, encoder: str | Path | None = None) -> Wor
     if manifest.get("kind") != "worldmodel":
         raise JepalabError(f"{path}: not a world-model checkpoint (kind={manifest.get('kind')})")
     manifest, tensors = load_checkpoint(path, names=("model",))
-    cfg = build(WorldModelConfig, manifest["config"], source=f"{path}/manifest.json")
+    cfg = build(WorldModelConfig, stored_config(manifest["config"]),
+                source=f"{path}/manifest.json")
     rec = manifest["encoder_checkpoint"]
     if encoder is not None:
         enc_path = Path(encoder)
