@@ -26,7 +26,7 @@ import time
 import numpy as np
 import torch
 
-from jepalab.config import ValueConfig
+from jepalab.config import VALUE_FORMS, ValueConfig
 from jepalab.data.collect import collect
 from jepalab.data.store import TrajectoryStore
 from jepalab.envs import make
@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-steps", type=int, default=64)
     p.add_argument("--value-steps", type=int, default=3000)
     p.add_argument("--value-data", type=int, default=300, help="episodes the value learns from")
-    p.add_argument("--value-form", choices=["diff", "mlp", "metric"], default="mlp")
+    p.add_argument("--value-form", choices=VALUE_FORMS, default="mlp")
     p.add_argument("--only", choices=["l1", "path", "learned"], help="one energy's rows")
     p.add_argument("--out", default="runs/bench/planning_ceiling.json")
     args = p.parse_args(argv)

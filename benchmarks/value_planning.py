@@ -25,7 +25,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from jepalab.config import ControllerConfig, PretrainConfig, SceneConfig, WorldModelConfig, load
+from jepalab.config import (
+    VALUE_FORMS,
+    ControllerConfig,
+    PretrainConfig,
+    SceneConfig,
+    WorldModelConfig,
+    load,
+)
 from jepalab.data.collect import collect
 from jepalab.envs import make
 from jepalab.eval.control import run_episodes, summarize
@@ -71,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--encoder", default=None, help="an existing encoder (skip pretraining)")
     p.add_argument("--pool", type=int, default=2, help="world-model latent grid (pool x pool)")
     p.add_argument("--wm-steps", type=int, default=2000, help="world-model (and value) steps")
-    p.add_argument("--value-form", choices=["diff", "mlp", "metric"], default="diff",
+    p.add_argument("--value-form", choices=VALUE_FORMS, default="diff",
                    help="the value's form (ValueConfig.form)")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -314,6 +314,10 @@ class PredictorConfig(Config):
         return embed_dim * self.pool**2 if self.arch == "mlp" else embed_dim
 
 
+ValueForm = Literal["diff", "mlp", "metric"]  # `jepalab.models.value` says what each is
+VALUE_FORMS: tuple[str, ...] = get_args(ValueForm)
+
+
 class ValueConfig(Config):
     """A learned cost-to-go trained with the world model (`jepalab.models.value`): expectile TD
     on hindsight goals from the same episodes; the planner uses it with `controller.metric:
@@ -323,7 +327,7 @@ class ValueConfig(Config):
     expectile: float = Field(0.9, gt=0.0, lt=1.0, description="> 0.5: the best logged action")
     hidden: int = Field(512, ge=8)
     depth: int = Field(3, ge=1)
-    form: Literal["diff", "mlp", "metric"] = Field(
+    form: ValueForm = Field(
         "diff", description="V from an MLP of [z, g - z] (what z and g share cancels), of "
         "[z, g], or steps to go as a learned distance ||phi(z) - phi(g)|| (symmetric: for "
         "scenes whose moves can be undone)")

@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from jepalab.config import ValueConfig
+from jepalab.config import VALUE_FORMS, ValueConfig
 from jepalab.models.mlp import mlp
 from jepalab.planning.base import Cost, check_weights, step_energy
 
@@ -56,8 +56,8 @@ class GoalValue(nn.Module):
     def __init__(self, latent_dim: int, hidden: int, depth: int, gamma: float,
                  form: str = "diff", embed: int = 64) -> None:
         super().__init__()
-        if form not in ("diff", "mlp", "metric"):
-            raise ValueError(f"value form must be 'diff', 'mlp' or 'metric', got {form!r}")
+        if form not in VALUE_FORMS:
+            raise ValueError(f"value form must be one of {VALUE_FORMS}, got {form!r}")
         self.latent_dim, self.gamma, self.form = latent_dim, float(gamma), form
         self.net = (mlp(latent_dim, embed, hidden, depth) if form == "metric"
                     else mlp(2 * latent_dim, 1, hidden, depth))
