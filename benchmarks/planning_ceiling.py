@@ -4,16 +4,21 @@ The latent is the agent's true (x, y) and the unroll is the scene's own collisio
 door, arena bounds; `TwoRoomsEnv.move`, vectorised over candidates), so any failure is the
 planner's and the goal energy's, not the representation's. Same planner, energy and episode
 settings as a contract's controller; success with a Wilson 95 % CI per setting. No encoder is
-used. Three energies: "l1", the contracts' distance to the goal latent; "path", the exact
-cost-to-go (`TwoRoomsEnv.path_length`, the shortest way around the wall): the best a learned
-value could do, to tell the search's limit from the energy's; "learned", the cost-to-go that
+used. Energies: "l1", the contracts' distance to the goal latent; "path", the exact cost-to-go
+(`TwoRoomsEnv.path_length`, the shortest way around the wall): the best a learned value could
+do, to tell the search's limit from the energy's; "learned", the cost-to-go that
 `jepalab.models.value` learns (expectile TD on hindsight goals, the world model's `value`
-defaults) from the demo's data (300 collected episodes, half scripted, half random), here on
-the true state (agent x, y, wall x, door y) instead of a latent: what the learning itself
-recovers of the gap between "l1" and "path".
+defaults) from the demo's data (300 collected episodes, half scripted, half random), here on the
+true state (agent x, y, wall x, door y) instead of a latent: what the learning itself recovers
+of the gap between "l1" and "path". Two diagnostics ask what limits "learned": the same network
+regressed on the *exact* cost-to-go, "exact-pairs" on the (frame, hindsight goal) pairs TD
+learns from, "exact-cover" from the same frames to goals drawn anywhere in the episode's layout
+(both rooms). If "exact-pairs" stays near "learned" while "exact-cover" reaches "path", neither
+the network, the planner nor TD is what is missing, but pairs of a start with a goal behind the
+wall that the offline data never holds.
 
     python benchmarks/planning_ceiling.py [--episodes 20] [--value-steps 3000]
-        [--out runs/bench/planning_ceiling.json]
+        [--only l1|path|learned|exact-pairs|exact-cover] [--out runs/bench/planning_ceiling.json]
 """
 
 from __future__ import annotations
@@ -40,7 +45,9 @@ SETTINGS = [  # (horizon, samples, iterations, weights, energy)
     (8, 128, 3, "all", "l1"), (8, 128, 3, "final", "l1"), (16, 256, 4, "all", "l1"),
     (24, 256, 4, "all", "l1"), (32, 256, 5, "all", "l1"), (8, 128, 3, "all", "path"),
     (8, 128, 3, "final", "path"), (8, 128, 3, "all", "learned"), (8, 128, 3, "final", "learned"),
+    (8, 128, 3, "final", "exact-pairs"), (8, 128, 3, "final", "exact-cover"),
 ]
+VALUES = ("learned", "exact-pairs", "exact-cover")  # energies planned with a trained GoalValue
 
 
 def path_energy(u, weights: str):
@@ -54,40 +61,71 @@ def path_energy(u, weights: str):
     return energy
 
 
+def exact_steps(u, states: np.ndarray, goals: np.ndarray) -> np.ndarray:
+    """Shortest-path steps [T, G] from the agents of one episode's states [T, 4] (one layout)
+    to goal points [G, 2], with the scene's own `path_length`."""
+    u.wall_x, u.door_y = float(states[0, 2]), float(states[0, 3])
+    out = np.empty((len(states), len(goals)), np.float32)
+    for j, g in enumerate(goals):
+        u.goal = np.asarray(g, np.float64)
+        out[:, j] = u.path_length(states[:, :2].astype(np.float64)) / u.max_step
+    return out
+
+
 def learn_value(steps: int, batch: int = 256, seed: int = 0, form: str = "mlp",
-                episodes: int = 300) -> tuple[GoalValue, dict]:
+                episodes: int = 300, targets: str = "learned") -> tuple[GoalValue, dict]:
     """The world model's cost-to-go learning (`ValueConfig` defaults, the same loss and goal
-    sampling), on the true states of data collected as the demo's (300 episodes by default)."""
+    sampling), on the true states of data collected as the demo's (300 episodes by default).
+    targets "exact-pairs" / "exact-cover": regress the same network on the exact cost-to-go
+    instead, to the same hindsight goals / to 64 goal points drawn uniformly per layout."""
     v = ValueConfig(form=form)
     with tempfile.TemporaryDirectory() as tmp:
         store = TrajectoryStore.open(collect(
             "two-rooms", episodes, f"{tmp}/data", image_size=16, max_steps=64, progress=False,
             scene_kwargs={"random_wall": True, "terminate_on_success": False}))
-        z = torch.from_numpy(np.stack([store.episode(e)["states"]
-                                       for e in range(store.num_episodes)])).float()
+        states = np.stack([store.episode(e)["states"] for e in range(store.num_episodes)])
+    rng, (n_eps, frames) = np.random.default_rng(seed), states.shape[:2]
+    if targets != "learned":  # goal points per episode and the exact steps to them
+        goals = states[..., :2].copy()
+        if targets == "exact-cover":
+            wall, left = states[:, :1, 2], rng.random((n_eps, 64)) < 0.5  # half per room
+            lo, hi = np.where(left, 0.06, wall + 0.06), np.where(left, wall - 0.06, 0.94)
+            goals = np.stack([lo + (hi - lo) * rng.random((n_eps, 64)),
+                              rng.uniform(0.06, 0.94, (n_eps, 64))], -1).astype(np.float32)
+        u = make("two-rooms", image_size=16, random_wall=True).unwrapped
+        table = torch.from_numpy(np.stack([exact_steps(u, states[e], goals[e])
+                                           for e in range(n_eps)]))
+        goals = torch.from_numpy(np.concatenate(
+            [goals, np.broadcast_to(states[:, :1, 2:], (*goals.shape[:2], 2))], -1)).float()
+    z = torch.from_numpy(states).float()
     torch.manual_seed(seed)
     value = GoalValue.from_config(z.shape[-1], v)
     target = copy.deepcopy(value).requires_grad_(False)
     opt = torch.optim.AdamW(value.parameters(), 1e-3, weight_decay=1e-4)
-    rng, (n_eps, frames) = np.random.default_rng(seed), z.shape[:2]
     t0 = time.perf_counter()
     for _ in range(steps):
         e, t = rng.integers(n_eps, size=batch), rng.integers(frames - 1, size=batch)
-        g = np.array([hindsight_goal(rng, int(ti), frames, v.gamma, v.p_current, v.p_future)
-                      for ti in t])
-        k = torch.from_numpy(np.where(g >= t, g - t, -1))
-        loss, m = value_loss(value, target, z[e, t], z[e, t + 1], z[e, g], k, v.expectile)
+        g = (rng.integers(goals.shape[1], size=batch) if targets == "exact-cover" else
+             np.array([hindsight_goal(rng, int(ti), frames, v.gamma, v.p_current, v.p_future)
+                       for ti in t]))
+        if targets == "learned":
+            k = torch.from_numpy(np.where(g >= t, g - t, -1))
+            loss, m = value_loss(value, target, z[e, t], z[e, t + 1], z[e, g], k, v.expectile)
+        else:
+            y = -(1.0 - v.gamma ** table[e, t, g]) / (1.0 - v.gamma)
+            loss = (value(z[e, t], goals[e, g]) - y).square().mean()
+            m = {"value_loss": float(loss.detach())}
         opt.zero_grad()
         loss.backward()
         opt.step()
         ema_update(target, value, v.target_momentum)
     return value.eval().requires_grad_(False), {
-        "steps": steps, "batch": batch, "form": form, "episodes": episodes,
+        "targets": targets, "steps": steps, "batch": batch, "form": form, "episodes": episodes,
         "seconds": time.perf_counter() - t0, **m}
 
 
 def run(setting: tuple[int, int, int, str, str], episodes: int, max_steps: int,
-        value: GoalValue | None = None) -> dict:
+        values: dict[str, GoalValue] | None = None) -> dict:
     horizon, samples, iterations, weights, kind = setting
     env = make("two-rooms", image_size=32, random_wall=True)
     u = env.unwrapped
@@ -117,8 +155,8 @@ def run(setting: tuple[int, int, int, str, str], episodes: int, max_steps: int,
         energy = None  # "l1": the contracts' goal_energy
         if kind == "path":
             energy = path_energy(u, weights)
-        elif kind == "learned" and value is not None:
-            energy = value.energy(weights)
+        elif kind in VALUES:
+            energy = (values or {})[kind].energy(weights)
         res = run_episode(env, encode, unroll_from, cfg, torch.Generator().manual_seed(seed),
                           replan_every=2, max_steps=max_steps, obs=obs, metric="l1",
                           weights=weights, energy=energy)
@@ -137,15 +175,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--value-steps", type=int, default=3000)
     p.add_argument("--value-data", type=int, default=300, help="episodes the value learns from")
     p.add_argument("--value-form", choices=VALUE_FORMS, default="mlp")
-    p.add_argument("--only", choices=["l1", "path", "learned"], help="one energy's rows")
+    p.add_argument("--only", choices=["l1", "path", *VALUES], help="one energy's rows")
     p.add_argument("--out", default="runs/bench/planning_ceiling.json")
     args = p.parse_args(argv)
     settings = [s for s in SETTINGS if args.only in (None, s[4])]
-    learned = any(s[4] == "learned" for s in settings)
-    value, learning = (learn_value(args.value_steps, form=args.value_form,
-                                       episodes=args.value_data) if learned
-                       else (None, None))
-    rows = [run(s, args.episodes, args.max_steps, value) for s in settings]
+    trained = {kind: learn_value(args.value_steps, form=args.value_form,
+                                 episodes=args.value_data, targets=kind)
+               for kind in VALUES if any(s[4] == kind for s in settings)}
+    rows = [run(s, args.episodes, args.max_steps, {k: v for k, (v, _) in trained.items()})
+            for s in settings]
     print(f"two-rooms (random wall), perfect model, CEM, replan every 2, "
           f"{args.max_steps} steps, {args.episodes} episodes per row\n")
     print("| energy | horizon | samples x iterations | energy weights | success [95 % CI] |")
@@ -154,10 +192,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {r['energy']} | {r['horizon']} | {r['samples']} x {r['iterations']} | "
               f"{r['weights']} | "
               f"{r['success']:.0%} [{r['ci95'][0]:.0%}, {r['ci95'][1]:.0%}] |")
-    if learning:
-        print(f"\nlearned value ({learning['form']}): {learning['steps']} steps x "
-              f"{learning['batch']} in "
-              f"{learning['seconds']:.0f} s")
+    for kind, (_, info) in trained.items():
+        print(f"\n{kind} value ({info['form']}): {info['steps']} steps x {info['batch']} in "
+              f"{info['seconds']:.0f} s")
+    learning = {kind: info for kind, (_, info) in trained.items()}
     atomic_write_json(args.out, {"benchmark": "planning_ceiling", "created": now_iso(),
                                  "git": git_info(), "value_learning": learning, "rows": rows})
     return 0
