@@ -18,7 +18,8 @@ the network, the planner nor TD is what is missing, but pairs of a start with a 
 wall that the offline data never holds.
 
     python benchmarks/planning_ceiling.py [--episodes 20] [--value-steps 3000]
-        [--only l1|path|learned|exact-pairs|exact-cover] [--out runs/bench/planning_ceiling.json]
+        [--only l1|path|learned|exact-pairs|exact-cover] [--value-policy mixture:0.5]
+        [--out runs/bench/planning_ceiling.json]
 """
 
 from __future__ import annotations
@@ -73,16 +74,17 @@ def exact_steps(u, states: np.ndarray, goals: np.ndarray) -> np.ndarray:
 
 
 def learn_value(steps: int, batch: int = 256, seed: int = 0, form: str = "mlp",
-                episodes: int = 300, targets: str = "learned") -> tuple[GoalValue, dict]:
+                episodes: int = 300, targets: str = "learned", policy: str = "mixture:0.5",
+                ) -> tuple[GoalValue, dict]:
     """The world model's cost-to-go learning (`ValueConfig` defaults, the same loss and goal
-    sampling), on the true states of data collected as the demo's (300 episodes by default).
+    sampling), on the true states of data collected as the demo's (300 episodes of `policy`).
     targets "exact-pairs" / "exact-cover": regress the same network on the exact cost-to-go
     instead, to the same hindsight goals / to 64 goal points drawn uniformly per layout."""
     v = ValueConfig(form=form)
     with tempfile.TemporaryDirectory() as tmp:
         store = TrajectoryStore.open(collect(
-            "two-rooms", episodes, f"{tmp}/data", image_size=16, max_steps=64, progress=False,
-            scene_kwargs={"random_wall": True, "terminate_on_success": False}))
+            "two-rooms", episodes, f"{tmp}/data", policy=policy, image_size=16, max_steps=64,
+            progress=False, scene_kwargs={"random_wall": True, "terminate_on_success": False}))
         states = np.stack([store.episode(e)["states"] for e in range(store.num_episodes)])
     rng, (n_eps, frames) = np.random.default_rng(seed), states.shape[:2]
     if targets != "learned":  # goal points per episode and the exact steps to them
@@ -121,6 +123,7 @@ def learn_value(steps: int, batch: int = 256, seed: int = 0, form: str = "mlp",
         ema_update(target, value, v.target_momentum)
     return value.eval().requires_grad_(False), {
         "targets": targets, "steps": steps, "batch": batch, "form": form, "episodes": episodes,
+        "policy": policy,
         "seconds": time.perf_counter() - t0, **m}
 
 
@@ -175,12 +178,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--value-steps", type=int, default=3000)
     p.add_argument("--value-data", type=int, default=300, help="episodes the value learns from")
     p.add_argument("--value-form", choices=VALUE_FORMS, default="mlp")
+    p.add_argument("--value-policy", default="mixture:0.5",
+                   help="policy collecting the value's episodes (e.g. explore:40)")
     p.add_argument("--only", choices=["l1", "path", *VALUES], help="one energy's rows")
     p.add_argument("--out", default="runs/bench/planning_ceiling.json")
     args = p.parse_args(argv)
     settings = [s for s in SETTINGS if args.only in (None, s[4])]
     trained = {kind: learn_value(args.value_steps, form=args.value_form,
-                                 episodes=args.value_data, targets=kind)
+                                 episodes=args.value_data, targets=kind, policy=args.value_policy)
                for kind in VALUES if any(s[4] == kind for s in settings)}
     rows = [run(s, args.episodes, args.max_steps, {k: v for k, (v, _) in trained.items()})
             for s in settings]

@@ -11,7 +11,7 @@ OUT (then their times cover only what was left).
 
     python benchmarks/value_planning.py [--objective jepa] [--episodes 100] [--out runs/bench/X]
         [--data DATASET] [--encoder CHECKPOINT]   # reuse instead of collecting / pretraining
-        [--collect 300]                           # episodes collected when --data is not given
+        [--collect 300] [--policy mixture:0.5]    # episodes collected when --data is not given
         [--pool 2] [--wm-steps 2000]              # the world model's latent grid and length
         [--value-form diff]                       # ValueConfig.form (before 2026-11-30: mlp)
 """
@@ -75,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--episodes", type=int, default=100, help="evaluation episodes per energy")
     p.add_argument("--data", default=None, help="an existing two-rooms dataset (skip collect)")
     p.add_argument("--collect", type=int, default=300, help="episodes to collect without --data")
+    p.add_argument("--policy", default="mixture:0.5", help="collection policy without --data")
     p.add_argument("--encoder", default=None, help="an existing encoder (skip pretraining)")
     p.add_argument("--pool", type=int, default=2, help="world-model latent grid (pool x pool)")
     p.add_argument("--wm-steps", type=int, default=2000, help="world-model (and value) steps")
@@ -87,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
 
     t = time.perf_counter()
     data = args.data or collect("two-rooms", args.collect, out / "data", max_steps=64,
-                                image_size=64,
+                                image_size=64, policy=args.policy,
                                 scene_kwargs={"random_wall": True,
                                               "terminate_on_success": False})
     times["collect"] = time.perf_counter() - t
@@ -135,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         "objective": args.objective, "pool": args.pool, "wm_steps": args.wm_steps,
         "value_form": args.value_form,
         "episodes_collected": None if args.data else args.collect,
+        "policy": None if args.data else args.policy,
         "encoder": str(enc), "world_model": str(wm_path),
         "seconds": times, "value_vs_path": reading, "rows": rows})
     return 0

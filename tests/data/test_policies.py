@@ -94,3 +94,32 @@ def test_specs():
     ]:
         with pytest.raises(JepalabError, match=msg):
             make_policy(bad, BOX)
+
+
+def test_explore_wanders_then_follows_the_expert():
+    env = make_fake("fake")
+    scripted = np.array([0.125, -0.5], np.float32)
+    env.unwrapped.expert_action = lambda rng: scripted  # marks the expert's actions
+    pol = make_policy("explore:6,p=1", env.action_space)
+    wandered = []
+    for s in range(40):
+        obs, _ = env.reset(seed=s)
+        rng = policy_rng(s)
+        pol.reset(rng)
+        assert pol.mode == "explore" and 0 <= pol.wander <= 6
+        k = pol.wander
+        acts = np.stack([pol.act(env, obs, rng) for _ in range(k + 2)])
+        assert not (acts[:k] == scripted).all(-1).any()  # k wandering steps, then the expert
+        np.testing.assert_array_equal(acts[k:], np.stack([scripted, scripted]))
+        wandered.append(k)
+    assert set(wandered) == set(range(7))  # k ~ U{0..6}
+    mix = make_policy("explore:6", env.action_space)
+    modes = {(mix.reset(policy_rng(s)), mix.mode)[1] for s in range(100)}
+    assert modes == {"explore", "random"}
+
+
+def test_explore_specs():
+    assert canonical_spec("explore:40") == "explore:steps=40.0,p=0.5,corr=0.8,scale=0.6"
+    assert canonical_spec("mixture:0.5") == "mixture:p=0.5,corr=0.8,scale=0.6"  # unchanged
+    with pytest.raises(JepalabError, match="steps=2.5 must be a whole number"):
+        parse_policy_spec("explore:2.5")

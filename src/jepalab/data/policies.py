@@ -11,6 +11,12 @@
                                   coherent behaviour (clean demonstrations next to exploratory
                                   wandering) instead of jittered expert paths; the sub-policy of
                                   each episode is recorded (``policy.mode``).
+    explore:T[,p=P,corr=C,scale=S]  as mixture:P, but each scripted episode first wanders
+                                  (random) for k ~ U{0..T} steps, then follows the expert from
+                                  wherever that left it (``policy.mode`` "explore"). Its logged
+                                  path pairs the states wandering reaches (against a wall, in a
+                                  corner) with the goal, which a learned cost-to-go needs and
+                                  neither pure behaviour gives (benchmarks/planning_ceiling.py).
 
 ``policy.spec`` is the canonical spec with every default written out; two specs that mean the
 same policy have the same canonical spec (datasets compare it when resuming).
@@ -25,12 +31,14 @@ import numpy as np
 
 from jepalab.errors import JepalabError
 
-KINDS = ("random", "expert", "mixture")
+KINDS = ("random", "expert", "mixture", "explore")
 _DEFAULTS: dict[str, dict[str, float]] = {
     "random": {"corr": 0.8, "scale": 0.6},
     "expert": {"noise": 0.0},
     "mixture": {"p": 0.5, "corr": 0.8, "scale": 0.6},
+    "explore": {"steps": 40.0, "p": 0.5, "corr": 0.8, "scale": 0.6},
 }
+_LEADING = {"mixture": "p", "explore": "steps"}  # the parameter a bare leading number sets
 
 
 def _fmt(x: float) -> str:
@@ -49,10 +57,10 @@ def parse_policy_spec(spec: str) -> tuple[str, dict[str, float]]:
     params = dict(_DEFAULTS[kind])
     for i, part in enumerate(p.strip() for p in rest.split(",") if rest.strip()):
         key, eq, value = part.partition("=")
-        if not eq:  # a bare number: only mixture's leading probability
-            if kind != "mixture" or i != 0:
+        if not eq:  # a bare leading number: mixture's probability, explore's steps
+            if kind not in _LEADING or i != 0:
                 raise JepalabError(f"policy {spec!r}: expected key=value, got {part!r}")
-            key, value = "p", part
+            key, value = _LEADING[kind], part
         key = key.strip()
         if key not in params:
             raise JepalabError(
@@ -67,6 +75,7 @@ def parse_policy_spec(spec: str) -> tuple[str, dict[str, float]]:
         "corr": (lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
         "scale": (lambda v: v > 0.0, "> 0"),
         "noise": (lambda v: v >= 0.0, ">= 0"),
+        "steps": (lambda v: v >= 0.0 and v == int(v), "a whole number >= 0"),
     }
     for key, v in params.items():
         ok, why = checks[key]
@@ -184,6 +193,28 @@ class MixturePolicy(Policy):
         return self.current.act(env, obs, rng)
 
 
+class ExplorePolicy(MixturePolicy):
+    """As MixturePolicy, but a scripted episode first wanders for k ~ U{0..steps} steps."""
+
+    def __init__(self, action_space: gym.spaces.Box, params: dict[str, float]) -> None:
+        super().__init__(action_space, params)
+        self.spec = _spec("explore", params)
+        self.wander = 0
+
+    def reset(self, rng: np.random.Generator) -> None:
+        super().reset(rng)
+        self.wander = 0
+        if self.mode == "expert":
+            self.mode, self.wander = "explore", int(rng.integers(int(self.params["steps"]) + 1))
+            self.random.reset(rng)
+
+    def act(self, env: gym.Env, obs: Any, rng: np.random.Generator) -> np.ndarray:
+        if self.wander > 0:
+            self.wander -= 1
+            return self.random.act(env, obs, rng)
+        return self.current.act(env, obs, rng)
+
+
 def make_policy(
     spec: str, action_space: gym.spaces.Box, rng: np.random.Generator | None = None
 ) -> Policy:
@@ -192,7 +223,8 @@ def make_policy(
     ``rng``, when given, performs an initial ``reset`` (collection resets every episode with
     its own generator anyway)."""
     kind, params = parse_policy_spec(spec)
-    cls = {"random": RandomPolicy, "expert": ExpertPolicy, "mixture": MixturePolicy}[kind]
+    cls = {"random": RandomPolicy, "expert": ExpertPolicy, "mixture": MixturePolicy,
+           "explore": ExplorePolicy}[kind]
     policy = cls(action_space, params)
     if rng is not None:
         policy.reset(rng)
