@@ -31,13 +31,13 @@ import numpy as np
 
 from jepalab.errors import JepalabError
 
-KINDS = ("random", "expert", "mixture", "explore")
 _DEFAULTS: dict[str, dict[str, float]] = {
     "random": {"corr": 0.8, "scale": 0.6},
     "expert": {"noise": 0.0},
     "mixture": {"p": 0.5, "corr": 0.8, "scale": 0.6},
     "explore": {"steps": 40.0, "p": 0.5, "corr": 0.8, "scale": 0.6},
 }
+KINDS = tuple(_DEFAULTS)
 _LEADING = {"mixture": "p", "explore": "steps"}  # the parameter a bare leading number sets
 
 

@@ -95,6 +95,12 @@ class GoalValue(nn.Module):
         return torch.log1p((1.0 - self.gamma) * v) / math.log(self.gamma)
 
 
+def steps_value(steps: Tensor, gamma: float) -> Tensor:
+    """The value of being `steps` steps from the goal, -(1 - gamma^steps) / (1 - gamma) (the
+    inverse of `GoalValue.steps_to_go`)."""
+    return -(1.0 - gamma ** steps) / (1.0 - gamma)
+
+
 def value_loss(
     value: GoalValue, target: GoalValue, z: Tensor, z_next: Tensor, goal: Tensor,
     goal_steps: Tensor, expectile: float,
@@ -109,7 +115,7 @@ def value_loss(
     with torch.no_grad():
         k = goal_steps.to(z.dtype)
         backup = -1.0 + gamma * target(z_next, goal)
-        logged = -(1.0 - gamma ** k.clamp(min=0.0)) / (1.0 - gamma)
+        logged = steps_value(k.clamp(min=0.0), gamma)
         y = torch.where(goal_steps > 0, torch.maximum(backup, logged), backup)
         y = torch.where(goal_steps == 0, torch.zeros_like(y), y)
     v = value(z, goal)
