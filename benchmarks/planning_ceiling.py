@@ -15,10 +15,11 @@ regressed on the *exact* cost-to-go, "exact-pairs" on the (frame, hindsight goal
 learns from, "exact-cover" from the same frames to goals drawn anywhere in the episode's layout
 (both rooms). If "exact-pairs" stays near "learned" while "exact-cover" reaches "path", neither
 the network, the planner nor TD is what is missing, but pairs of a start with a goal behind the
-wall that the offline data never holds.
+wall that the offline data never holds. "quasimetric" learns the steps to go as a distance
+(`value.learning: quasimetric`) from the same data, goals drawn uniformly from the episode.
 
     python benchmarks/planning_ceiling.py [--episodes 20] [--value-steps 3000]
-        [--only l1|path|learned|exact-pairs|exact-cover] [--value-policy mixture:0.5]
+        [--only l1|path|learned|exact-pairs|exact-cover|quasimetric] [--value-policy mixture:0.5]
         [--out runs/bench/planning_ceiling.json]
 """
 
@@ -38,7 +39,13 @@ from jepalab.data.store import TrajectoryStore
 from jepalab.envs import make
 from jepalab.eval.stats import wilson_ci
 from jepalab.io import atomic_write_json, git_info, now_iso
-from jepalab.models.value import GoalValue, hindsight_goal, steps_value, value_loss
+from jepalab.models.value import (
+    GoalValue,
+    hindsight_goal,
+    quasimetric_loss,
+    steps_value,
+    value_loss,
+)
 from jepalab.objectives.jepa import ema_update
 from jepalab.planning import PlannerConfig, run_episode, step_energy
 
@@ -47,8 +54,9 @@ SETTINGS = [  # (horizon, samples, iterations, weights, energy)
     (24, 256, 4, "all", "l1"), (32, 256, 5, "all", "l1"), (8, 128, 3, "all", "path"),
     (8, 128, 3, "final", "path"), (8, 128, 3, "all", "learned"), (8, 128, 3, "final", "learned"),
     (8, 128, 3, "final", "exact-pairs"), (8, 128, 3, "final", "exact-cover"),
+    (8, 128, 3, "final", "quasimetric"),
 ]
-VALUES = ("learned", "exact-pairs", "exact-cover")  # energies planned with a trained GoalValue
+VALUES = ("learned", "exact-pairs", "exact-cover", "quasimetric")  # planned with a GoalValue
 
 
 def path_energy(u, weights: str):
@@ -79,15 +87,18 @@ def learn_value(steps: int, batch: int = 256, seed: int = 0, form: str = "mlp",
     """The world model's cost-to-go learning (`ValueConfig` defaults, the same loss and goal
     sampling), on the true states of data collected as the demo's (300 episodes of `policy`).
     targets "exact-pairs" / "exact-cover": regress the same network on the exact cost-to-go
-    instead, to the same hindsight goals / to 64 goal points drawn uniformly per layout."""
-    v = ValueConfig(form=form)
+    instead, to the same hindsight goals / to 64 goal points drawn uniformly per layout;
+    "quasimetric": `value.learning: quasimetric` (form metric, goals uniform in the episode)."""
+    qrl = targets == "quasimetric"
+    v = (ValueConfig(form="metric", learning="quasimetric", p_current=0.0, p_future=0.0) if qrl
+         else ValueConfig(form=form))
     with tempfile.TemporaryDirectory() as tmp:
         store = TrajectoryStore.open(collect(
             "two-rooms", episodes, f"{tmp}/data", policy=policy, image_size=16, max_steps=64,
             progress=False, scene_kwargs={"random_wall": True, "terminate_on_success": False}))
         states = np.stack([store.episode(e)["states"] for e in range(store.num_episodes)])
     rng, (n_eps, frames) = np.random.default_rng(seed), states.shape[:2]
-    if targets != "learned":  # goal points per episode and the exact steps to them
+    if targets.startswith("exact"):  # goal points per episode and the exact steps to them
         goals = states[..., :2].copy()
         if targets == "exact-cover":
             wall, left = states[:, :1, 2], rng.random((n_eps, 64)) < 0.5  # half per room
@@ -110,7 +121,9 @@ def learn_value(steps: int, batch: int = 256, seed: int = 0, form: str = "mlp",
         g = (rng.integers(goals.shape[1], size=batch) if targets == "exact-cover" else
              np.array([hindsight_goal(rng, int(ti), frames, v.gamma, v.p_current, v.p_future)
                        for ti in t]))
-        if targets == "learned":
+        if qrl:
+            loss, m = quasimetric_loss(value, z[e, t], z[e, t + 1], z[e, g], v.penalty, v.cap)
+        elif targets == "learned":
             k = torch.from_numpy(np.where(g >= t, g - t, -1))
             loss, m = value_loss(value, target, z[e, t], z[e, t + 1], z[e, g], k, v.expectile)
         else:
@@ -123,7 +136,7 @@ def learn_value(steps: int, batch: int = 256, seed: int = 0, form: str = "mlp",
         if targets == "learned":  # only TD reads the slow target copy
             ema_update(target, value, v.target_momentum)
     return value.eval().requires_grad_(False), {
-        "targets": targets, "steps": steps, "batch": batch, "form": form, "episodes": episodes,
+        "targets": targets, "steps": steps, "batch": batch, "form": v.form, "episodes": episodes,
         "policy": policy,
         "seconds": time.perf_counter() - t0, **m}
 

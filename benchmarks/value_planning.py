@@ -14,6 +14,9 @@ OUT (then their times cover only what was left).
         [--collect 300] [--policy mixture:0.5]    # episodes collected when --data is not given
         [--pool 2] [--wm-steps 2000]              # the world model's latent grid and length
         [--value-form diff]                       # ValueConfig.form (before 2026-11-30: mlp)
+        [--value-learning quasimetric]            # learned as a distance (form metric, goals
+                                                  # drawn uniformly from the episode)
+        [--energies value]                        # plan with these energies only
 """
 
 from __future__ import annotations
@@ -81,8 +84,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--wm-steps", type=int, default=2000, help="world-model (and value) steps")
     p.add_argument("--value-form", choices=VALUE_FORMS, default="diff",
                    help="the value's form (ValueConfig.form)")
+    p.add_argument("--value-learning", choices=["td", "quasimetric"], default="td",
+                   help="ValueConfig.learning; quasimetric sets form metric and uniform goals")
+    p.add_argument("--energies", nargs="+", choices=[m for m, _ in ENERGIES],
+                   default=[m for m, _ in ENERGIES], help="plan with these energies")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
+    form, value = args.value_form, []
+    if args.value_learning == "quasimetric":
+        form, value = "metric", ["--value.learning=quasimetric", "--value.p_current=0",
+                                 "--value.p_future=0"]
     out = Path(args.out or f"runs/bench/value_planning/{args.objective}")
     times: dict[str, float] = {}
 
@@ -101,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     t = time.perf_counter()
     wm_path = train_worldmodel(load(WorldModelConfig, DEMO / "worldmodel.yaml", [
         f"--encoder={enc}", f"--data.path={data}", f"--out_dir={out / 'worldmodel'}",
-        f"--value.form={args.value_form}", f"--predictor.pool={args.pool}",
+        f"--value.form={form}", *value, f"--predictor.pool={args.pool}",
         f"--steps={args.wm_steps}"]), resume=True)
     times["worldmodel+value"] = time.perf_counter() - t
     wm = load_world_model(wm_path)
@@ -110,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     seeds = [1_000_000 + e for e in range(args.episodes)]
     scene = SceneConfig(name="two-rooms", kwargs={"random_wall": True})
     rows = []
-    for metric, weights in ENERGIES:
+    for metric, weights in (e for e in ENERGIES if e[0] in args.energies):
         ctrl = ControllerConfig(planner={"method": "cem", "horizon": 8, "samples": 128,
                                          "iterations": 3, "elites": 16},
                                 replan_every=2, max_steps=64, metric=metric, weights=weights)
@@ -134,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     atomic_write_json(out / "value_planning.json", {
         "benchmark": "value_planning", "created": now_iso(), "git": git_info(),
         "objective": args.objective, "pool": args.pool, "wm_steps": args.wm_steps,
-        "value_form": args.value_form,
+        "value_form": form, "value_learning": args.value_learning,
         "episodes_collected": None if args.data else args.collect,
         "policy": None if args.data else args.policy,
         "encoder": str(enc), "world_model": str(wm_path),

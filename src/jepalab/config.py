@@ -332,6 +332,13 @@ class ValueConfig(Config):
         "[z, g], or steps to go as a learned distance ||phi(z) - phi(g)|| (symmetric: for "
         "scenes whose moves can be undone)")
     embed: int = Field(64, ge=1, description="width of phi for form 'metric'")
+    learning: Literal["td", "quasimetric"] = Field(
+        "td", description="expectile TD on V, or the steps to go learned as a quasimetric "
+        "(form 'metric'; goals from both directions of the episode)")
+    penalty: float = Field(10.0, gt=0.0, description="quasimetric: weight of the one-step "
+                           "constraint d(z, z') <= 1")
+    cap: float = Field(40.0, gt=0.0, description="quasimetric: steps beyond which pairs are "
+                       "no longer pushed apart")
     weight: float = Field(1.0, gt=0.0, description="loss weight next to the predictor's")
     target_momentum: float = Field(0.98, ge=0.0, lt=1.0, description="slow target copy's EMA")
     goals: int = Field(8, ge=1, description="hindsight goals drawn per training window")
@@ -342,6 +349,8 @@ class ValueConfig(Config):
 
     @model_validator(mode="after")
     def _probabilities(self) -> ValueConfig:
+        if self.learning == "quasimetric" and self.form != "metric":
+            raise ValueError(f"learning 'quasimetric' needs form 'metric', got {self.form!r}")
         if self.p_current + self.p_future > 1.0:
             raise ValueError(f"p_current + p_future must be <= 1, got "
                              f"{self.p_current} + {self.p_future}")

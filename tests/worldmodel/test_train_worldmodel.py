@@ -370,3 +370,20 @@ def test_a_value_recorded_before_forms_existed_loads_as_the_mlp_it_was():
     assert old["value"] == {"gamma": 0.98, "hidden": 16}  # the manifest's dict is not changed
     for cfg in ({"value": {"form": "diff"}}, {"value": None}, {"steps": 5}):
         assert stored_config(cfg) == cfg
+
+
+def test_a_quasimetric_value_trains_with_the_world_model_and_loads(tiny_inputs, tmp_path):
+    """`value.learning: quasimetric`: the loss's push and one-step violation reach the metrics
+    (also at the predicted frame, k = 2), and the loaded value is the learned distance."""
+    data, enc = tiny_inputs
+    ref = train_worldmodel(_cfg(tmp_path, enc, data, "--steps=3", "--value.hidden=16",
+                                "--value.form=metric", "--value.learning=quasimetric",
+                                "--predictor.pool=2"), progress=False)
+    rows = [json.loads(ln) for ln in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["value_push"] > 0 and r["value_violation"] >= 0 and "value_pred_loss" in r
+               for r in rows)
+    wm = load_world_model(ref)
+    assert wm.value is not None and wm.value.form == "metric"
+    z = torch.randn(4, wm.value.latent_dim)
+    torch.testing.assert_close(wm.value.steps_to_go(z, z.flip(0)), wm.value.distance(z, z.flip(0)),
+                               atol=1e-3, rtol=1e-3)

@@ -21,6 +21,20 @@ Both targets bound the optimal value from below for a deterministic scene, so th
 too; the logged path's return makes long horizons learnable in few steps, the backup stitches
 paths across episodes.
 
+Or, with `ValueConfig.learning: quasimetric` (form "metric" only), the distance d(z, g) itself
+is learned with the objective of quasimetric RL (QRL, Wang et al. 2023; here with the symmetric
+"metric" form), for the same transitions and goals:
+
+    loss = softplus(cap - d(z, g); beta 0.1) + penalty * relu(d(z, z') - 1)^2
+
+It pushes every (frame, goal) pair as far apart as the one-step constraints let it, which
+leaves d at the fewest steps the data's transitions chain together (goals from before the frame
+count too, so a random walk's long way between two states does not count). No target copy, no
+bootstrapping, no expectile to tune. On the demo encoder's latents (3,000 episodes, 4,000
+world-model steps) it read fresh layouts with a Spearman of 0.83 against the true path length
+(3.9 steps mean error; expectile TD: 0.71, 4.6 steps) and planned two-rooms at 46 % over 200
+episodes (TD: 26 %; `benchmarks/value_planning.py --value-learning quasimetric`, README).
+
 Three forms of V (`ValueConfig.form`):
 - "diff" (default), an MLP of [z, g - z]. What z and g share (the room's layout: most of a
   self-supervised latent's variance) cancels in g - z, so the net sees what differs from the
@@ -67,8 +81,13 @@ class GoalValue(nn.Module):
         if self.form != "metric":
             x = torch.cat([z, g - z if self.form == "diff" else g], -1)
             return -F.softplus(self.net(x).squeeze(-1))
-        d = ((self.net(z) - self.net(g)).square().sum(-1) + 1e-8).sqrt()
-        return torch.expm1(d * math.log(self.gamma)) / (1.0 - self.gamma)
+        return steps_value(self.distance(z, g), self.gamma)
+
+    def distance(self, z: Tensor, g: Tensor) -> Tensor:
+        """Form "metric": the steps to go as a distance ||phi(z) - phi(g)||."""
+        if self.form != "metric":
+            raise ValueError(f"GoalValue.distance needs form 'metric', not {self.form!r}")
+        return ((self.net(z) - self.net(g)).square().sum(-1) + 1e-8).sqrt()
 
     @classmethod
     def from_config(cls, latent_dim: int, cfg: ValueConfig) -> GoalValue:
@@ -123,6 +142,21 @@ def value_loss(
     weight = torch.where(diff > 0, expectile, 1.0 - expectile)
     loss = (weight * diff.square()).mean()
     return loss, {"value_loss": float(loss.detach()), "value_mean": float(v.detach().mean())}
+
+
+def quasimetric_loss(value: GoalValue, z: Tensor, z_next: Tensor, goal: Tensor,
+                     penalty: float, cap: float) -> tuple[Tensor, dict[str, float]]:
+    """Quasimetric learning of the steps to go (module docstring) on a batch of transitions
+    z -> z_next [B, D] and goals [B, D] of the same episodes: push d(z, goal) up (saturating
+    near `cap` steps) under the penalised constraint d(z, z_next) <= 1."""
+    far = value.distance(z, goal)
+    local = value.distance(z, z_next)
+    push = F.softplus(cap - far, beta=0.1).mean()
+    violation = F.relu(local - 1.0).square().mean()
+    loss = push + penalty * violation
+    return loss, {"value_loss": float(loss.detach()), "value_push": float(push.detach()),
+                  "value_violation": float(violation.detach()),
+                  "value_mean": float(steps_value(far.detach(), value.gamma).mean())}
 
 
 def hindsight_goal(rng: np.random.Generator, t: int, frames: int, gamma: float,

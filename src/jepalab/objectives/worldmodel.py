@@ -22,12 +22,13 @@ with d the cfg.loss distance averaged over latent dims, tokens and steps (plus t
 on states when the predictor uses them). With k = 1 the two terms are identical.
 
 With `value` (pooled latents only), a learned cost-to-go is trained alongside on the same
-windows: value.weight * `value_loss` of the transition z_0 -> z_1 towards the window's hindsight
-goal (`jepalab.models.value`); its slow target copy follows by EMA after each step. The value
-reads the standardised latents and never moves the predictor (separate parameters). With k >= 2
-the same loss is also taken at the predictor's own one-step prediction of z_1 (detached; the
-transition to the real z_2), averaged with the first: the planner scores *predicted* latents,
-and a value fitted on encoded frames only ranked them no better than the L1 distance did.
+windows: value.weight * `value_loss` (or `quasimetric_loss`, value.learning) of the transition
+z_0 -> z_1 towards the window's hindsight goal (`jepalab.models.value`); its slow target copy
+follows by EMA after each step. The value reads the standardised latents and never moves the
+predictor (separate parameters). With k >= 2 the same loss is also taken at the predictor's own
+one-step prediction of z_1 (detached; the transition to the real z_2), averaged with the first:
+the planner scores *predicted* latents, and a value fitted on encoded frames only ranked them no
+better than the L1 distance did.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ from jepalab.config import ValueConfig, WorldModelConfig
 from jepalab.errors import JepalabError
 from jepalab.models.ac_predictor import ACPredictor, build_predictor
 from jepalab.models.build import FrozenEncoder
-from jepalab.models.value import GoalValue, value_loss
+from jepalab.models.value import GoalValue, quasimetric_loss, value_loss
 from jepalab.objectives.base import Batch, Objective
 from jepalab.objectives.jepa import ema_update, latent_distance
 
@@ -227,11 +228,17 @@ class WorldModelObjective(Objective):
         goal = self.latents(batch.goals[:, None].float(), models)[:, 0]
         value = cast(GoalValue, models["value"])
         target = cast(GoalValue, models["value_target"])
-        tau, steps = cast(ValueConfig, self.wm.value).expectile, batch.goal_steps
-        loss, metrics = value_loss(value, target, z[:, 0], z[:, 1], goal, steps, tau)
+        v, steps = cast(ValueConfig, self.wm.value), batch.goal_steps
+
+        def learn(z0: Tensor, z1: Tensor, k: Tensor) -> tuple[Tensor, dict[str, float]]:
+            if v.learning == "quasimetric":
+                return quasimetric_loss(value, z0, z1, goal, v.penalty, v.cap)
+            return value_loss(value, target, z0, z1, goal, k, v.expectile)
+
+        loss, metrics = learn(z[:, 0], z[:, 1], steps)
         if z.shape[1] >= 3:
             later = torch.where(steps >= 1, steps - 1, torch.full_like(steps, -1))
-            pred_loss, _ = value_loss(value, target, z_pred[:, 0], z[:, 2], goal, later, tau)
+            pred_loss, _ = learn(z_pred[:, 0], z[:, 2], later)
             metrics["value_pred_loss"] = float(pred_loss.detach())
             loss = (loss + pred_loss) / 2
             metrics["value_loss"] = float(loss.detach())
