@@ -40,6 +40,7 @@ from jepalab.envs import make
 from jepalab.eval.stats import wilson_ci
 from jepalab.io import atomic_write_json, git_info, now_iso
 from jepalab.models.value import (
+    QUASIMETRIC,
     GoalValue,
     hindsight_goal,
     quasimetric_loss,
@@ -90,8 +91,7 @@ def learn_value(steps: int, batch: int = 256, seed: int = 0, form: str = "mlp",
     instead, to the same hindsight goals / to 64 goal points drawn uniformly per layout;
     "quasimetric": `value.learning: quasimetric` (form metric, goals uniform in the episode)."""
     qrl = targets == "quasimetric"
-    v = (ValueConfig(form="metric", learning="quasimetric", p_current=0.0, p_future=0.0) if qrl
-         else ValueConfig(form=form))
+    v = ValueConfig(**QUASIMETRIC) if qrl else ValueConfig(form=form)
     with tempfile.TemporaryDirectory() as tmp:
         store = TrajectoryStore.open(collect(
             "two-rooms", episodes, f"{tmp}/data", policy=policy, image_size=16, max_steps=64,

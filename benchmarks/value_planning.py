@@ -41,6 +41,7 @@ from jepalab.envs import make
 from jepalab.eval.control import run_episodes, summarize
 from jepalab.eval.downstream import spearman
 from jepalab.io import atomic_write_json, git_info, now_iso
+from jepalab.models.value import QUASIMETRIC
 from jepalab.train.loop import pretrain
 from jepalab.train.worldmodel import load_world_model, train_worldmodel
 
@@ -90,10 +91,9 @@ def main(argv: list[str] | None = None) -> int:
                    default=[m for m, _ in ENERGIES], help="plan with these energies")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
-    form, value = args.value_form, []
+    value = {"form": args.value_form}
     if args.value_learning == "quasimetric":
-        form, value = "metric", ["--value.learning=quasimetric", "--value.p_current=0",
-                                 "--value.p_future=0"]
+        value = QUASIMETRIC
     out = Path(args.out or f"runs/bench/value_planning/{args.objective}")
     times: dict[str, float] = {}
 
@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     t = time.perf_counter()
     wm_path = train_worldmodel(load(WorldModelConfig, DEMO / "worldmodel.yaml", [
         f"--encoder={enc}", f"--data.path={data}", f"--out_dir={out / 'worldmodel'}",
-        f"--value.form={form}", *value, f"--predictor.pool={args.pool}",
+        *(f"--value.{k}={v}" for k, v in value.items()), f"--predictor.pool={args.pool}",
         f"--steps={args.wm_steps}"]), resume=True)
     times["worldmodel+value"] = time.perf_counter() - t
     wm = load_world_model(wm_path)
@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     atomic_write_json(out / "value_planning.json", {
         "benchmark": "value_planning", "created": now_iso(), "git": git_info(),
         "objective": args.objective, "pool": args.pool, "wm_steps": args.wm_steps,
-        "value_form": form, "value_learning": args.value_learning,
+        "value_form": value["form"], "value_learning": args.value_learning,
         "episodes_collected": None if args.data else args.collect,
         "policy": None if args.data else args.policy,
         "encoder": str(enc), "world_model": str(wm_path),

@@ -63,6 +63,10 @@ from jepalab.config import VALUE_FORMS, ValueConfig
 from jepalab.models.mlp import mlp
 from jepalab.planning.base import Cost, check_weights, step_energy
 
+# The ValueConfig fields of quasimetric learning as the benchmarks measure it: goals drawn
+# uniformly from the episode (a goal at the frame itself teaches a distance nothing).
+QUASIMETRIC = {"form": "metric", "learning": "quasimetric", "p_current": 0.0, "p_future": 0.0}
+
 
 class GoalValue(nn.Module):
     """V(z, g) <= 0 from latents z [..., D] and goals g [..., D] (broadcast)."""

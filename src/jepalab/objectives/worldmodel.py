@@ -23,7 +23,7 @@ on states when the predictor uses them). With k = 1 the two terms are identical.
 
 With `value` (pooled latents only), a learned cost-to-go is trained alongside on the same
 windows: value.weight * `value_loss` (or `quasimetric_loss`, value.learning) of the transition
-z_0 -> z_1 towards the window's hindsight goal (`jepalab.models.value`); its slow target copy
+z_0 -> z_1 towards the window's hindsight goal (`jepalab.models.value`); TD's slow target copy
 follows by EMA after each step. The value reads the standardised latents and never moves the
 predictor (separate parameters). With k >= 2 the same loss is also taken at the predictor's own
 one-step prediction of z_1 (detached; the transition to the real z_2), averaged with the first:
@@ -144,7 +144,8 @@ class WorldModelObjective(Objective):
         models = nn.ModuleDict({FROZEN: enc, "latent_norm": norm, "predictor": predictor})
         if self.wm.value is not None:
             models["value"] = GoalValue.from_config(latent_dim, self.wm.value)
-            models["value_target"] = copy.deepcopy(models["value"]).requires_grad_(False)
+            if self.wm.value.learning == "td":  # only TD bootstraps from a slow target copy
+                models["value_target"] = copy.deepcopy(models["value"]).requires_grad_(False)
         models.register_state_dict_post_hook(_drop_frozen)
         models.register_load_state_dict_post_hook(_allow_missing_frozen)
         return models
@@ -153,7 +154,7 @@ class WorldModelObjective(Objective):
         return ["predictor", "value"] if "value" in models else ["predictor"]
 
     def after_step(self, models: nn.ModuleDict, step: int, total_steps: int) -> dict[str, float]:
-        if "value" in models:
+        if "value_target" in models:
             v = cast(ValueConfig, self.wm.value)
             ema_update(models["value_target"], models["value"], v.target_momentum)
         return {}
@@ -227,12 +228,12 @@ class WorldModelObjective(Objective):
                                "goal_steps); train with the latent cache (predictor.arch mlp)")
         goal = self.latents(batch.goals[:, None].float(), models)[:, 0]
         value = cast(GoalValue, models["value"])
-        target = cast(GoalValue, models["value_target"])
         v, steps = cast(ValueConfig, self.wm.value), batch.goal_steps
 
         def learn(z0: Tensor, z1: Tensor, k: Tensor) -> tuple[Tensor, dict[str, float]]:
             if v.learning == "quasimetric":
                 return quasimetric_loss(value, z0, z1, goal, v.penalty, v.cap)
+            target = cast(GoalValue, models["value_target"])
             return value_loss(value, target, z0, z1, goal, k, v.expectile)
 
         loss, metrics = learn(z[:, 0], z[:, 1], steps)
