@@ -13,15 +13,18 @@ OUT (then their times cover only what was left).
         [--data DATASET] [--encoder CHECKPOINT]   # reuse instead of collecting / pretraining
         [--collect 300] [--policy mixture:0.5]    # episodes collected when --data is not given
         [--pool 2] [--wm-steps 2000]              # the world model's latent grid and length
+        [--wm-batch 128] [--wm-dim 512] [--wm-depth 3]  # its batch, predictor width, depth
         [--value-form diff]                       # ValueConfig.form (before 2026-11-30: mlp)
         [--value-learning quasimetric]            # learned as a distance (form metric, goals
                                                   # drawn uniformly from the episode)
-        [--energies value]                        # plan with these energies only
+        [--energies value value-true]             # plan with these energies only; value-true:
+                                                  # the value with the scene's true dynamics
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
@@ -46,7 +49,29 @@ from jepalab.train.loop import pretrain
 from jepalab.train.worldmodel import load_world_model, train_worldmodel
 
 DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo"
-ENERGIES = [("l1", "all"), ("value", "final")]  # (controller.metric, controller.weights)
+# (row, controller.metric, controller.weights); "value-true" plans the same learned value with
+# the scene's own dynamics (`true_model`): what a perfect world model would give it.
+ENERGIES = [("l1", "l1", "all"), ("value", "value", "final"), ("value-true", "value", "final")]
+
+
+def true_model(wm):
+    """The planner's unroll from the scene's true dynamics (`TwoRoomsEnv.move`, vectorised)
+    on encoded frames: each candidate's final position is rendered (`render_at`) and encoded;
+    the earlier steps repeat it, so only weights "final" read it right."""
+    def build(env):
+        u = env.unwrapped
+
+        def unroll_from(z0: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+            a = actions.double().numpy() * u.max_step
+            p = np.repeat(u.agent[None], len(a), 0)
+            for t in range(a.shape[1]):
+                p = u.move(p, a[:, t])
+            z = wm.encode(torch.from_numpy(np.stack([u.render_at(q) for q in p])))
+            return z[:, None].expand(-1, a.shape[1], *z.shape[1:])
+
+        return unroll_from
+
+    return build
 
 
 def value_vs_path(wm, episodes: int = 30, points: int = 40) -> dict[str, float]:
@@ -87,8 +112,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="the value's form (ValueConfig.form)")
     p.add_argument("--value-learning", choices=["td", "quasimetric"], default="td",
                    help="ValueConfig.learning; quasimetric sets form metric and uniform goals")
-    p.add_argument("--energies", nargs="+", choices=[m for m, _ in ENERGIES],
-                   default=[m for m, _ in ENERGIES], help="plan with these energies")
+    p.add_argument("--wm-batch", type=int, default=128, help="world-model batch size")
+    p.add_argument("--wm-dim", type=int, default=512, help="the predictor MLP's width")
+    p.add_argument("--wm-depth", type=int, default=3, help="the predictor MLP's depth")
+    p.add_argument("--energies", nargs="+", choices=[r for r, _, _ in ENERGIES],
+                   default=["l1", "value"], help="plan with these energies")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
     value = {"form": args.value_form}
@@ -113,22 +141,26 @@ def main(argv: list[str] | None = None) -> int:
     wm_path = train_worldmodel(load(WorldModelConfig, DEMO / "worldmodel.yaml", [
         f"--encoder={enc}", f"--data.path={data}", f"--out_dir={out / 'worldmodel'}",
         *(f"--value.{k}={v}" for k, v in value.items()), f"--predictor.pool={args.pool}",
-        f"--steps={args.wm_steps}"]), resume=True)
+        f"--steps={args.wm_steps}", f"--batch_size={args.wm_batch}",
+        f"--predictor.dim={args.wm_dim}", f"--predictor.depth={args.wm_depth}"]), resume=True)
     times["worldmodel+value"] = time.perf_counter() - t
     wm = load_world_model(wm_path)
     reading = value_vs_path(wm)
+    last = json.loads((out / "worldmodel" / "metrics.jsonl").read_text().splitlines()[-1])
+    fit = {k: last[k] for k in ("tf_loss", "rollout_loss", "copy_loss")}  # final step's batch
 
     seeds = [1_000_000 + e for e in range(args.episodes)]
     scene = SceneConfig(name="two-rooms", kwargs={"random_wall": True})
     rows = []
-    for metric, weights in (e for e in ENERGIES if e[0] in args.energies):
+    for row, metric, weights in (e for e in ENERGIES if e[0] in args.energies):
         ctrl = ControllerConfig(planner={"method": "cem", "horizon": 8, "samples": 128,
                                          "iterations": 3, "elites": 16},
                                 replan_every=2, max_steps=64, metric=metric, weights=weights)
         t = time.perf_counter()
-        s = summarize(run_episodes(wm, scene, ctrl, seeds))
-        times[f"plan {metric}"] = time.perf_counter() - t
-        rows.append({"energy": metric, "weights": weights, **s})
+        model = true_model(wm) if row == "value-true" else None
+        s = summarize(run_episodes(wm, scene, ctrl, seeds, model=model))
+        times[f"plan {row}"] = time.perf_counter() - t
+        rows.append({"energy": row, "weights": weights, **s})
 
     print(f"\ntwo-rooms (random wall), encoder objective {args.objective}, {args.episodes} "
           f"episodes per energy (same reset seeds); stages (s): "
@@ -136,6 +168,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"value vs true path length on encoded frames ({reading['layouts']} layouts): "
           f"Spearman {reading['spearman']:.2f}, mean error "
           f"{reading['mean_abs_error_steps']:.1f} steps")
+    print(f"world model at its last step (L1, per latent dim): teacher forcing "
+          f"{fit['tf_loss']:.4f}, rollout {fit['rollout_loss']:.4f}, nothing moves "
+          f"{fit['copy_loss']:.4f}")
     print("\n| energy | success [95 % CI] | mean final distance | planning / episode |")
     print("|---|---|---:|---:|")
     for r in rows:
@@ -145,11 +180,12 @@ def main(argv: list[str] | None = None) -> int:
     atomic_write_json(out / "value_planning.json", {
         "benchmark": "value_planning", "created": now_iso(), "git": git_info(),
         "objective": args.objective, "pool": args.pool, "wm_steps": args.wm_steps,
+        "wm_batch": args.wm_batch, "wm_dim": args.wm_dim, "wm_depth": args.wm_depth,
         "value_form": value["form"], "value_learning": args.value_learning,
         "episodes_collected": None if args.data else args.collect,
         "policy": None if args.data else args.policy,
         "encoder": str(enc), "world_model": str(wm_path),
-        "seconds": times, "value_vs_path": reading, "rows": rows})
+        "seconds": times, "value_vs_path": reading, "world_model_fit": fit, "rows": rows})
     return 0
 
 

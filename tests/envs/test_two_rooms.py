@@ -114,6 +114,18 @@ def test_goal_image() -> None:
     assert np.array_equal(goal, obs["pixels"])
 
 
+def test_render_at_shows_the_agent_there_and_moves_nothing() -> None:
+    env = make("two-rooms", random_wall=True)
+    obs, _ = env.reset(seed=3)
+    u = env.unwrapped
+    agent, xy = u.agent.copy(), np.array([0.2, 0.7])
+    frame = u.render_at(xy)
+    assert np.array_equal(u.agent, agent) and np.array_equal(u.render(), obs["pixels"])
+    assert np.array_equal(frame, u.set_agent(xy)["pixels"])
+    with pytest.raises(RuntimeError, match="reset"):
+        make("two-rooms").unwrapped.render_at(xy)
+
+
 def test_time_limit_truncates() -> None:
     env = make("two-rooms", max_episode_steps=5)
     env.reset(seed=0)

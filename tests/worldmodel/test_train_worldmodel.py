@@ -305,10 +305,12 @@ def test_latent_cache_matches_encoding_on_the_fly_with_a_pooled_grid(tiny_inputs
     cache = LatentCache(base, models, obj, torch.device("cpu"), progress=False)
     item = cache[5]
     e, t = base.locate(5)
-    frames = torch.from_numpy(store.transition(e, t, 2)["obs"])
+    tr = store.transition(e, t, 2)
     with torch.inference_mode():
-        want = wm.encode(frames)  # standardised
+        want = wm.encode(torch.from_numpy(tr["obs"]))  # standardised
     assert item["obs"].shape == (3, 256)
+    for key in ("actions", "states"):  # held in memory, the same rows as the store's
+        torch.testing.assert_close(item[key], torch.from_numpy(tr[key]))
     torch.testing.assert_close(wm.latent_norm(item["obs"]), want, atol=1e-5, rtol=1e-5)
 
 
@@ -358,6 +360,14 @@ def test_value_trains_with_the_world_model_resumes_exactly_and_plans(tiny_inputs
     scene = SceneConfig(name="two-rooms", image_size=32)
     (row,) = run_episodes(wm, scene, ctrl, [0], progress=False)
     assert row.steps == 3 and row.plan_time_s > 0
+    seen, planned = [], []  # model: the planner's unroll built from the scene, per episode
+
+    def model(env):
+        seen.append(env.unwrapped.agent.copy())
+        return lambda z0, actions: planned.append(len(actions)) or wm.unroll_from(z0, actions)
+
+    (again,) = run_episodes(wm, scene, ctrl, [0], progress=False, model=model)
+    assert len(seen) == 1 and planned == [8] * 3 and again.steps == 3
     with pytest.raises(JepalabError, match="trained with `value`"):
         run_episodes(load_world_model(trained), scene, ctrl, [0], progress=False)
 

@@ -252,9 +252,14 @@ class TwoRoomsEnv(SceneEnv):
         return self._frame(self.agent, self.elapsed_steps)
 
     def render_goal(self) -> np.ndarray:
+        return self.render_at(self.goal)
+
+    def render_at(self, xy: np.ndarray) -> np.ndarray:
+        """The frame with the agent at xy, the scene otherwise as it is (nothing moves): what a
+        perfect model of the scene predicts (benchmarks/value_planning.py)."""
         if self.episode_seed is None:
-            raise RuntimeError("two-rooms: call reset() before render_goal()")
-        return self._frame(self.goal, 0)
+            raise RuntimeError("two-rooms: call reset() before rendering")
+        return self._frame(np.asarray(xy, np.float64), 0)
 
     def _extra_info(self) -> dict[str, Any]:
         return {"goal": self.goal.astype(np.float32)}

@@ -5,6 +5,7 @@ The same function serves `jepalab plan` and every planning cell of an evaluation
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from jepalab.eval.extras import save_frames
 from jepalab.eval.stats import wilson_ci
 from jepalab.io import atomic_write_json
 from jepalab.planning import PlannerConfig, run_episode, write_gif
+from jepalab.planning.mpc import UnrollFrom
 
 
 def planner_config(ctrl: ControllerConfig, action_space: Any) -> PlannerConfig:
@@ -47,9 +49,12 @@ class EpisodeRow:
 def run_episodes(world_model: Any, scene: SceneConfig, ctrl: ControllerConfig, seeds: list[int],
                  perturb: str | None = None, severity: int = 1, perturb_seed: int = 0,
                  gif_dir: Path | None = None, gifs: int = 0, progress: bool = True,
-                 frames_path: Path | None = None) -> list[EpisodeRow]:
+                 frames_path: Path | None = None,
+                 model: Callable[[Any], UnrollFrom] | None = None) -> list[EpisodeRow]:
     """One MPC episode per reset seed; GIFs of the first `gifs` episodes under gif_dir, a few
-    frames of the first episode as frames_path (.npy) for the card."""
+    frames of the first episode as frames_path (.npy) for the card. model: scene -> the
+    planner's unroll, in place of the world model's (e.g. the scene's own dynamics on encoded
+    frames, to tell the model's error from the energy's)."""
     gifs = max(gifs, int(frames_path is not None))
     env = make(scene.name, image_size=scene.image_size, perturb=perturb, severity=severity,
                perturb_seed=perturb_seed, **scene.kwargs)
@@ -62,7 +67,8 @@ def run_episodes(world_model: Any, scene: SceneConfig, ctrl: ControllerConfig, s
         obs, _ = env.reset(seed=seed)
         gen = torch.Generator().manual_seed(seed)
         with torch.inference_mode():
-            res = run_episode(env, world_model.encode, world_model.unroll_from, cfg, gen,
+            unroll = model(env) if model is not None else world_model.unroll_from
+            res = run_episode(env, world_model.encode, unroll, cfg, gen,
                               replan_every=ctrl.replan_every, max_steps=ctrl.max_steps,
                               record_frames=i < gifs, obs=obs, metric=ctrl.metric,
                               weights=ctrl.weights, energy=energy)

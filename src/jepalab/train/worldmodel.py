@@ -137,11 +137,16 @@ class LatentCache(torch.utils.data.Dataset):
 
         self.base, self.value, self.seed = base, value, seed
         self.z: dict[int, Tensor] = {}
+        self.actions: dict[int, Tensor] = {}  # kept in memory too: an item reads no frame
+        self.states: dict[int, Tensor] = {}
         store = base.store
         for e in tqdm(base.episodes.tolist(), desc="encode frames", unit="ep",
                       disable=not progress):
-            frames = torch.from_numpy(np.ascontiguousarray(store.episode(e)["frames"]))
-            x = normalize_pixels(frames.movedim(-1, -3))
+            ep = store.episode(e)
+            self.actions[e] = torch.from_numpy(np.ascontiguousarray(ep["actions"]))
+            self.states[e] = torch.from_numpy(np.ascontiguousarray(ep["states"]))
+            x = normalize_pixels(torch.from_numpy(np.ascontiguousarray(ep["frames"]))
+                                 .movedim(-1, -3))
             self.z[e] = torch.cat([
                 objective.latents(x[i : i + batch, None].to(device), models, standardise=False)
                 [:, 0].cpu() for i in range(0, len(x), batch)])
@@ -152,10 +157,9 @@ class LatentCache(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> dict[str, Tensor]:
         window = i // self.value.goals if self.value is not None else i
         e, t = self.base.locate(window)
-        tr = self.base.store.transition(e, t, self.base.k)
-        item = {"obs": self.z[e][t : t + self.base.k + 1],
-                "actions": torch.from_numpy(tr["actions"]),
-                "states": torch.from_numpy(tr["states"])}
+        k = self.base.k
+        item = {"obs": self.z[e][t : t + k + 1], "actions": self.actions[e][t : t + k],
+                "states": self.states[e][t : t + k + 1]}
         if self.value is not None:
             goal = self._goal_frame(i, t, len(self.z[e]))
             item["goals"] = self.z[e][goal]
