@@ -157,13 +157,8 @@ def run(setting: tuple[int, int, int, str, str], episodes: int, max_steps: int,
             return torch.tensor(np.asarray([*xy, u.wall_x, u.door_y], np.float32))[None]
 
         def unroll_from(z0: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-            a = actions.double().numpy() * u.max_step
-            p = np.repeat(z0[:, :2].double().numpy(), a.shape[0], 0)
-            out = []
-            for t in range(a.shape[1]):
-                p = u.move(p, a[:, t])
-                out.append(p)
-            xy = torch.from_numpy(np.stack(out, 1)).float()
+            xy = torch.from_numpy(u.unroll(z0[:, :2].double().numpy(),
+                                           actions.double().numpy())).float()
             return torch.cat([xy, z0[None, :, 2:].expand(*xy.shape[:2], 2)], -1)
 
         cfg = PlannerConfig(method="cem", horizon=horizon, samples=samples,

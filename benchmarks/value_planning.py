@@ -55,19 +55,16 @@ ENERGIES = [("l1", "l1", "all"), ("value", "value", "final"), ("value-true", "va
 
 
 def true_model(wm):
-    """The planner's unroll from the scene's true dynamics (`TwoRoomsEnv.move`, vectorised)
+    """The planner's unroll from the scene's true dynamics (`TwoRoomsEnv.unroll`)
     on encoded frames: each candidate's final position is rendered (`render_at`) and encoded;
     the earlier steps repeat it, so only weights "final" read it right."""
     def build(env):
         u = env.unwrapped
 
         def unroll_from(z0: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-            a = actions.double().numpy() * u.max_step
-            p = np.repeat(u.agent[None], len(a), 0)
-            for t in range(a.shape[1]):
-                p = u.move(p, a[:, t])
-            z = wm.encode(torch.from_numpy(np.stack([u.render_at(q) for q in p])))
-            return z[:, None].expand(-1, a.shape[1], *z.shape[1:])
+            end = u.unroll(u.agent[None], actions.double().numpy())[:, -1]
+            z = wm.encode(torch.from_numpy(np.stack([u.render_at(q) for q in end])))
+            return z[:, None].expand(-1, actions.shape[1], *z.shape[1:])
 
         return unroll_from
 

@@ -75,6 +75,23 @@ def test_vectorised_move_is_the_step_rule() -> None:
         np.testing.assert_allclose(u.move(p, d), one_by_one, atol=1e-12)
 
 
+def test_unroll_is_stepping_the_scene() -> None:
+    env = make("two-rooms", random_wall=True, terminate_on_success=False)
+    u = env.unwrapped
+    rng = np.random.default_rng(1)
+    for seed in range(5):
+        env.reset(seed=seed)
+        start = u.agent.copy()
+        actions = rng.uniform(-1, 1, (3, 12, 2)).astype(np.float32)
+        path = u.unroll(start[None], actions)
+        assert path.shape == (3, 12, 2)
+        for s in range(3):
+            u.set_agent(start)
+            for t in range(12):
+                env.step(actions[s, t])
+                np.testing.assert_allclose(path[s, t], u.agent, atol=1e-12)
+
+
 def test_path_length_goes_around_the_wall() -> None:
     env = make("two-rooms", random_wall=True)
     env.reset(seed=3)

@@ -156,6 +156,18 @@ class TwoRoomsEnv(SceneEnv):
             p = q
         return p
 
+    def unroll(self, p: np.ndarray, actions: np.ndarray) -> np.ndarray:
+        """Agent positions p [S or 1, 2] moved by action sequences [S, H, 2] (in the units
+        `step` takes) -> the positions after each step [S, H, 2]: the scene's own dynamics over
+        many candidates at once, a perfect model for the benchmarks' planners."""
+        d = np.asarray(actions, np.float64) * self.max_step * self._cond.physics
+        p = np.broadcast_to(np.asarray(p, np.float64), (d.shape[0], 2))
+        out = []
+        for t in range(d.shape[1]):
+            p = self.move(p, d[:, t])
+            out.append(p)
+        return np.stack(out, 1)
+
     def _move(self, p: np.ndarray, d: np.ndarray) -> np.ndarray:
         """`move` for one point in plain scalar steps (3-4x faster per env step than the
         vectorised rule; tests check the two agree)."""
