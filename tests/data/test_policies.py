@@ -123,3 +123,33 @@ def test_explore_specs():
     assert canonical_spec("mixture:0.5") == "mixture:p=0.5,corr=0.8,scale=0.6"  # unchanged
     with pytest.raises(JepalabError, match="steps=2.5 must be a whole number"):
         parse_policy_spec("explore:2.5")
+
+
+def test_tour_goes_from_waypoint_to_waypoint_through_the_door():
+    from jepalab.envs import make
+
+    env = make("two-rooms", random_wall=True, terminate_on_success=False)
+    u = env.unwrapped
+    pol = make_policy("tour:1", env.action_space)
+    assert pol.spec == "tour:p=1.0,corr=0.8,scale=0.6"
+    crossings, targets = [], set()
+    for s in range(6):
+        obs, _ = env.reset(seed=s)
+        rng = policy_rng(s)
+        pol.reset(rng)
+        assert pol.mode == "tour"
+        side = []
+        for _ in range(64):
+            obs, *_ = env.step(pol.act(env, obs, rng))
+            targets.add(tuple(pol.expert.target))
+            side.append(u.agent[0] < u.wall_x)
+        crossings.append(int(np.sum(np.diff(side) != 0)))
+    assert min(crossings) >= 1 and sum(crossings) >= 12  # several rooms per episode
+    assert len(targets) >= 12  # each reached waypoint is followed by a new one
+    modes = {(m.reset(policy_rng(s)), m.mode)[1]
+             for m in [make_policy("tour:0.5", env.action_space)] for s in range(50)}
+    assert modes == {"tour", "random"}
+    fake = make_fake("fake")
+    obs, _ = fake.reset(seed=0)
+    with pytest.raises(JepalabError, match="no waypoint"):
+        make_policy("tour:1", fake.action_space, policy_rng(0)).act(fake, obs, policy_rng(0))

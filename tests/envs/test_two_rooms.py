@@ -164,3 +164,19 @@ def test_bad_action_is_rejected() -> None:
     env.reset(seed=0)
     with pytest.raises(ValueError, match="shape"):
         env.step(np.zeros(3, np.float32))
+
+
+def test_expert_reaches_a_waypoint_in_the_other_room() -> None:
+    env = make("two-rooms", random_wall=True, terminate_on_success=False)
+    u = env.unwrapped
+    for s in range(4):
+        env.reset(seed=s)
+        rng = np.random.default_rng(s)
+        target = u._room_point(rng, 1 if u.agent[0] < u.wall_x else -1)  # behind the wall
+        for _ in range(64):
+            if u.reached(target):
+                break
+            env.step(u.expert_action(rng, target))
+        assert u.reached(target) and not u.reached(u.goal + 1.0)
+        w = u.waypoint(rng)
+        assert 0 < w[0] < 1 and 0 < w[1] < 1 and abs(w[0] - u.wall_x) > u.agent_radius

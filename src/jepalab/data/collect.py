@@ -298,7 +298,7 @@ def collect_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--policy",
         default="mixture:0.5",
-        help="random[:corr=,scale=] | expert[:noise=] | mixture:P | explore:T[,p=P]",
+        help="random[:corr=,scale=] | expert[:noise=] | mixture:P | explore:T[,p=P] | tour:P",
     )
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)

@@ -17,6 +17,10 @@
                                   path pairs the states wandering reaches (against a wall, in a
                                   corner) with the goal, which a learned cost-to-go needs and
                                   neither pure behaviour gives (benchmarks/planning_ceiling.py).
+    tour:P[,corr=C,scale=S]       as mixture:P, but a scripted episode tours: the expert goes
+                                  to a random point of the scene (``waypoint``), then to the
+                                  next, ... (``policy.mode`` "tour"); its path pairs starts and
+                                  goals from all over the layout, each leg a near-shortest path.
 
 ``policy.spec`` is the canonical spec with every default written out; two specs that mean the
 same policy have the same canonical spec (datasets compare it when resuming).
@@ -36,9 +40,11 @@ _DEFAULTS: dict[str, dict[str, float]] = {
     "expert": {"noise": 0.0},
     "mixture": {"p": 0.5, "corr": 0.8, "scale": 0.6},
     "explore": {"steps": 40.0, "p": 0.5, "corr": 0.8, "scale": 0.6},
+    "tour": {"p": 0.5, "corr": 0.8, "scale": 0.6},
 }
 KINDS = tuple(_DEFAULTS)
-_LEADING = {"mixture": "p", "explore": "steps"}  # the parameter a bare leading number sets
+# The parameter a bare leading number sets.
+_LEADING = {"mixture": "p", "explore": "steps", "tour": "p"}
 
 
 def _fmt(x: float) -> str:
@@ -57,7 +63,7 @@ def parse_policy_spec(spec: str) -> tuple[str, dict[str, float]]:
     params = dict(_DEFAULTS[kind])
     for i, part in enumerate(p.strip() for p in rest.split(",") if rest.strip()):
         key, eq, value = part.partition("=")
-        if not eq:  # a bare leading number: mixture's probability, explore's steps
+        if not eq:  # a bare leading number: mixture's / tour's probability, explore's steps
             if kind not in _LEADING or i != 0:
                 raise JepalabError(f"policy {spec!r}: expected key=value, got {part!r}")
             key, value = _LEADING[kind], part
@@ -152,7 +158,7 @@ class ExpertPolicy(Policy):
     def reset(self, rng: np.random.Generator) -> None:
         pass  # stateless: the scripted expert reads the env's current state
 
-    def act(self, env: gym.Env, obs: Any, rng: np.random.Generator) -> np.ndarray:
+    def _expert(self, env: gym.Env, rng: np.random.Generator, *target: np.ndarray) -> np.ndarray:
         expert = getattr(env.unwrapped, "expert_action", None)
         if not callable(expert):
             raise JepalabError(
@@ -160,12 +166,15 @@ class ExpertPolicy(Policy):
                 "expert_action(); use policy 'random'"
             )
         try:
-            a = np.asarray(expert(rng), np.float32).reshape(self.space.shape)
+            return np.asarray(expert(rng, *target), np.float32).reshape(self.space.shape)
         except NotImplementedError:
             raise JepalabError(
                 f"policy 'expert': scene {type(env.unwrapped).__name__} has no "
-                "scripted expert; use policy 'random'"
+                f"scripted expert{' for targets (tour)' if target else ''}; use policy 'random'"
             ) from None
+
+    def act(self, env: gym.Env, obs: Any, rng: np.random.Generator) -> np.ndarray:
+        a = self._expert(env, rng)
         if self.params["noise"] > 0:
             z = self._from_box(a) + rng.normal(0.0, self.params["noise"], self.space.shape)
             return self._to_box(z)
@@ -215,6 +224,35 @@ class ExplorePolicy(MixturePolicy):
         return self.current.act(env, obs, rng)
 
 
+class TourPolicy(ExpertPolicy):
+    """The expert going from one random point of the scene to the next (``waypoint``)."""
+
+    mode = "tour"
+
+    def reset(self, rng: np.random.Generator) -> None:
+        self.target: np.ndarray | None = None
+
+    def act(self, env: gym.Env, obs: Any, rng: np.random.Generator) -> np.ndarray:
+        u = env.unwrapped
+        try:
+            if self.target is None or u.reached(self.target):
+                self.target = u.waypoint(rng)
+        except (AttributeError, NotImplementedError):
+            raise JepalabError(
+                f"policy 'tour': scene {type(u).__name__} has no waypoint(); use 'explore'"
+            ) from None
+        return np.clip(self._expert(env, rng, self.target), self.low, self.high)
+
+
+class TourMixture(MixturePolicy):
+    """Per episode: a tour with probability p, else correlated random."""
+
+    def __init__(self, action_space: gym.spaces.Box, params: dict[str, float]) -> None:
+        super().__init__(action_space, params)
+        self.spec = _spec("tour", params)
+        self.expert = TourPolicy(action_space, {"noise": 0.0})
+
+
 def make_policy(
     spec: str, action_space: gym.spaces.Box, rng: np.random.Generator | None = None
 ) -> Policy:
@@ -224,7 +262,7 @@ def make_policy(
     its own generator anyway)."""
     kind, params = parse_policy_spec(spec)
     cls = {"random": RandomPolicy, "expert": ExpertPolicy, "mixture": MixturePolicy,
-           "explore": ExplorePolicy}[kind]
+           "explore": ExplorePolicy, "tour": TourMixture}[kind]
     policy = cls(action_space, params)
     if rng is not None:
         policy.reset(rng)

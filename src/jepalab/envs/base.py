@@ -118,6 +118,11 @@ class SceneEnv(gym.Env):
         """Scripted action in [-1, 1]^A for the current state (for data collection)."""
         raise NotImplementedError
 
+    def waypoint(self, rng: np.random.Generator) -> np.ndarray:
+        """A random target for ``expert_action(rng, target)`` (tours, ``policy: tour``) and
+        ``reached(target)``: scenes whose expert can go anywhere define the three."""
+        raise NotImplementedError
+
     def _distance(self) -> float:
         raise NotImplementedError
 

@@ -223,15 +223,19 @@ class TwoRoomsEnv(SceneEnv):
 
     # ------------------------------------------------------------------ expert
 
-    def expert_action(self, rng: np.random.Generator) -> np.ndarray:
-        """Go to the front of the door, through it, then straight to the goal; plus noise."""
+    def expert_action(
+        self, rng: np.random.Generator, target: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Go to the front of the door, through it, then straight to the goal (or to ``target``,
+        a point of the arena: `waypoint`); plus noise."""
         xl, xr, dl, dh = self._slab()
         x, y = self.agent
-        goal_side = -1 if self.goal[0] < self.wall_x else 1
+        goal = self.goal if target is None else np.asarray(target, np.float64)
+        goal_side = -1 if goal[0] < self.wall_x else 1
         side = 0 if xl < x < xr else (-1 if x <= xl else 1)
         clear = 0.06
         if side == goal_side:
-            target = self.goal
+            target = goal
         elif side == 0 or abs(y - self.door_y) < 0.5 * (dh - dl) / 2:
             target = np.array([(xr + clear) if goal_side > 0 else (xl - clear), self.door_y])
         else:
@@ -239,6 +243,13 @@ class TwoRoomsEnv(SceneEnv):
         a = np.clip((target - self.agent) / self.max_step, -1.0, 1.0)
         a = a + rng.normal(0.0, self.expert_noise, size=2)
         return np.clip(a, -1.0, 1.0).astype(np.float32)
+
+    def waypoint(self, rng: np.random.Generator) -> np.ndarray:
+        """A random free point of either room: the next target of a tour (`policy: tour`)."""
+        return self._room_point(rng, int(rng.choice([-1, 1])))
+
+    def reached(self, target: np.ndarray) -> bool:
+        return bool(np.linalg.norm(self.agent - np.asarray(target)) < self.success_radius)
 
     # ------------------------------------------------------------------ rendering
 
