@@ -20,6 +20,7 @@ wall that the offline data never holds. "quasimetric" learns the steps to go as 
 
     python benchmarks/planning_ceiling.py [--episodes 20] [--value-steps 3000]
         [--only l1|path|learned|exact-pairs|exact-cover|quasimetric] [--value-policy mixture:0.5]
+        [--value-data 300]   # episodes the values learn from; --value-policy tour:0.5: tours
         [--out runs/bench/planning_ceiling.json]
 """
 
@@ -188,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--value-data", type=int, default=300, help="episodes the value learns from")
     p.add_argument("--value-form", choices=VALUE_FORMS, default="mlp")
     p.add_argument("--value-policy", default="mixture:0.5",
-                   help="policy collecting the value's episodes (e.g. explore:40)")
+                   help="policy collecting the value's episodes (e.g. explore:40, tour:0.5)")
     p.add_argument("--only", choices=["l1", "path", *VALUES], help="one energy's rows")
     p.add_argument("--out", default="runs/bench/planning_ceiling.json")
     args = p.parse_args(argv)
