@@ -173,8 +173,11 @@ class ExpertPolicy(Policy):
                 f"scripted expert{' for targets (tour)' if target else ''}; use policy 'random'"
             ) from None
 
+    def _targets(self, env: gym.Env, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
+        return ()  # the scene's own goal
+
     def act(self, env: gym.Env, obs: Any, rng: np.random.Generator) -> np.ndarray:
-        a = self._expert(env, rng)
+        a = self._expert(env, rng, *self._targets(env, rng))
         if self.params["noise"] > 0:
             z = self._from_box(a) + rng.normal(0.0, self.params["noise"], self.space.shape)
             return self._to_box(z)
@@ -232,7 +235,7 @@ class TourPolicy(ExpertPolicy):
     def reset(self, rng: np.random.Generator) -> None:
         self.target: np.ndarray | None = None
 
-    def act(self, env: gym.Env, obs: Any, rng: np.random.Generator) -> np.ndarray:
+    def _targets(self, env: gym.Env, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
         u = env.unwrapped
         try:
             if self.target is None or u.reached(self.target):
@@ -241,7 +244,7 @@ class TourPolicy(ExpertPolicy):
             raise JepalabError(
                 f"policy 'tour': scene {type(u).__name__} has no waypoint(); use 'explore'"
             ) from None
-        return np.clip(self._expert(env, rng, self.target), self.low, self.high)
+        return (self.target,)
 
 
 class TourMixture(MixturePolicy):

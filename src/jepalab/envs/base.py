@@ -123,6 +123,10 @@ class SceneEnv(gym.Env):
         ``reached(target)``: scenes whose expert can go anywhere define the three."""
         raise NotImplementedError
 
+    def reached(self, target: np.ndarray) -> bool:
+        """Whether the scene is at ``target`` (a `waypoint`)."""
+        raise NotImplementedError
+
     def _distance(self) -> float:
         raise NotImplementedError
 

@@ -141,10 +141,12 @@ class LatentCache(torch.utils.data.Dataset):
         # temporaries, or is one block: a small tensor kept per episode between them pins the
         # freed memory (glibc heap), and the process grew by ~4 MB per episode (1.2 GB for 270).
         # Actions and states are kept too, so an item reads no frame.
-        self.actions = {e: torch.from_numpy(np.array(store.episode(e)["actions"]))
-                        for e in episodes}
-        self.states = {e: torch.from_numpy(np.array(store.episode(e)["states"]))
-                       for e in episodes}
+        self.actions: dict[int, Tensor] = {}
+        self.states: dict[int, Tensor] = {}
+        for e in episodes:
+            ep = store.episode(e)
+            self.actions[e] = torch.from_numpy(np.array(ep["actions"]))
+            self.states[e] = torch.from_numpy(np.array(ep["states"]))
         ends = np.cumsum([len(self.states[e]) for e in episodes]).tolist()
         z_all: Tensor | None = None
         self.z: dict[int, Tensor] = {}
