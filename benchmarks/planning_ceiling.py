@@ -34,7 +34,7 @@ import time
 import numpy as np
 import torch
 
-from jepalab.config import VALUE_FORMS, ValueConfig
+from jepalab.config import VALUE_FORMS, ValueConfig, load
 from jepalab.data.collect import collect
 from jepalab.data.store import TrajectoryStore
 from jepalab.envs import make
@@ -85,14 +85,16 @@ def exact_steps(u, states: np.ndarray, goals: np.ndarray) -> np.ndarray:
 
 def learn_value(steps: int, batch: int = 256, seed: int = 0, form: str = "mlp",
                 episodes: int = 300, targets: str = "learned", policy: str = "mixture:0.5",
-                ) -> tuple[GoalValue, dict]:
+                overrides: list[str] | None = None) -> tuple[GoalValue, dict]:
     """The world model's cost-to-go learning (`ValueConfig` defaults, the same loss and goal
     sampling), on the true states of data collected as the demo's (300 episodes of `policy`).
     targets "exact-pairs" / "exact-cover": regress the same network on the exact cost-to-go
     instead, to the same hindsight goals / to 64 goal points drawn uniformly per layout;
-    "quasimetric": `value.learning: quasimetric` (form metric, goals uniform in the episode)."""
+    "quasimetric": `value.learning: quasimetric` (form metric, goals uniform in the episode).
+    overrides: ValueConfig fields as dotted overrides (e.g. "--penalty=100")."""
     qrl = targets == "quasimetric"
-    v = ValueConfig(**QUASIMETRIC) if qrl else ValueConfig(form=form)
+    base = [f"--{k}={v}" for k, v in (QUASIMETRIC if qrl else {"form": form}).items()]
+    v = load(ValueConfig, None, base + list(overrides or []))
     with tempfile.TemporaryDirectory() as tmp:
         store = TrajectoryStore.open(collect(
             "two-rooms", episodes, f"{tmp}/data", policy=policy, image_size=16, max_steps=64,
@@ -138,7 +140,7 @@ def learn_value(steps: int, batch: int = 256, seed: int = 0, form: str = "mlp",
             ema_update(target, value, v.target_momentum)
     return value.eval().requires_grad_(False), {
         "targets": targets, "steps": steps, "batch": batch, "form": v.form, "episodes": episodes,
-        "policy": policy,
+        "policy": policy, "overrides": list(overrides or []),
         "seconds": time.perf_counter() - t0, **m}
 
 
@@ -190,12 +192,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--value-form", choices=VALUE_FORMS, default="mlp")
     p.add_argument("--value-policy", default="mixture:0.5",
                    help="policy collecting the value's episodes (e.g. explore:40, tour:0.5)")
+    p.add_argument("--value-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a ValueConfig field for the learned values (repeatable: penalty=100)")
     p.add_argument("--only", choices=["l1", "path", *VALUES], help="one energy's rows")
     p.add_argument("--out", default="runs/bench/planning_ceiling.json")
     args = p.parse_args(argv)
     settings = [s for s in SETTINGS if args.only in (None, s[4])]
     trained = {kind: learn_value(args.value_steps, form=args.value_form,
-                                 episodes=args.value_data, targets=kind, policy=args.value_policy)
+                                 episodes=args.value_data, targets=kind, policy=args.value_policy,
+                                 overrides=[f"--{kv}" for kv in args.value_set])
                for kind in VALUES if any(s[4] == kind for s in settings)}
     values = {kind: value for kind, (value, _) in trained.items()}
     learning = {kind: info for kind, (_, info) in trained.items()}
