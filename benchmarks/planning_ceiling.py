@@ -93,13 +93,13 @@ def learn_value(steps: int, batch: int = 256, seed: int = 0, form: str = "mlp",
     "quasimetric": `value.learning: quasimetric` (form metric, goals uniform in the episode).
     overrides: ValueConfig fields as dotted overrides (e.g. "--penalty=100")."""
     qrl = targets == "quasimetric"
-    base = [f"--{k}={v}" for k, v in (QUASIMETRIC if qrl else {"form": form}).items()]
+    base = [f"--{key}={val}" for key, val in (QUASIMETRIC if qrl else {"form": form}).items()]
     v = load(ValueConfig, None, base + list(overrides or []))
     with tempfile.TemporaryDirectory() as tmp:
         store = TrajectoryStore.open(collect(
             "two-rooms", episodes, f"{tmp}/data", policy=policy, image_size=16, max_steps=64,
             progress=False, scene_kwargs={"random_wall": True, "terminate_on_success": False}))
-        states = np.stack([store.episode(e)["states"] for e in range(store.num_episodes)])
+        states = np.stack([store.series(e, "states") for e in range(store.num_episodes)])
     rng, (n_eps, frames) = np.random.default_rng(seed), states.shape[:2]
     if targets.startswith("exact"):  # goal points per episode and the exact steps to them
         goals = states[..., :2].copy()

@@ -151,3 +151,13 @@ def test_errors(tmp_path, fake_dataset):
     with pytest.raises(JepalabError, match="image"):
         store.append_episodes([small])
     assert TrajectoryStore.open(tmp_path / "shapes").num_episodes == 1
+
+
+def test_series_reads_one_field_as_episode_does(fake_dataset):
+    for e in (0, 4, 8):  # the first, a middle and the last chunk
+        ep = fake_dataset.episode(e)
+        for key in ("frames", "actions", "states", "success", "distance"):
+            np.testing.assert_array_equal(fake_dataset.series(e, key), ep[key])
+    assert len(fake_dataset.series(0, "actions")) == fake_dataset.episode_lengths[0] - 1
+    with pytest.raises(IndexError, match="episode 99"):
+        fake_dataset.series(99, "states")

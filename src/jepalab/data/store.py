@@ -441,18 +441,19 @@ class TrajectoryStore:
             "states": self._rows(episode, sl, "states"),
         }
 
-    def episode(self, e: int) -> dict[str, Any]:
-        """Episode ``e`` with the fields of ``Episode`` (``Episode(**store.episode(e))``)."""
+    def series(self, e: int, key: str) -> np.ndarray:
+        """One per-step field of episode ``e``, whole (``frames``, ``states``, ``success``,
+        ``distance``: one row per frame; ``actions``: one fewer), without reading the others."""
         n = int(self._lengths[e]) if 0 <= e < self.num_episodes else 0
         self._locate_episode(e)
-        whole = slice(0, n, 1)
+        return self._rows(e, slice(0, n - 1 if key == "actions" else n, 1), key)
+
+    def episode(self, e: int) -> dict[str, Any]:
+        """Episode ``e`` with the fields of ``Episode`` (``Episode(**store.episode(e))``)."""
         table = self.manifest["episodes"]
         return {
-            "frames": self._rows(e, whole, "frames"),
-            "actions": self._rows(e, slice(0, n - 1, 1), "actions"),
-            "states": self._rows(e, whole, "states"),
-            "success": self._rows(e, whole, "success"),
-            "distance": self._rows(e, whole, "distance"),
+            **{key: self.series(e, key)
+               for key in ("frames", "actions", "states", "success", "distance")},
             "seed": int(table["seeds"][e]),
             "terminated": bool(table["terminated"][e]),
             "policy": table["policy"][e],

@@ -144,16 +144,14 @@ class LatentCache(torch.utils.data.Dataset):
         self.actions: dict[int, Tensor] = {}
         self.states: dict[int, Tensor] = {}
         for e in episodes:
-            ep = store.episode(e)
-            self.actions[e] = torch.from_numpy(np.array(ep["actions"]))
-            self.states[e] = torch.from_numpy(np.array(ep["states"]))
+            self.actions[e] = torch.from_numpy(store.series(e, "actions"))
+            self.states[e] = torch.from_numpy(store.series(e, "states"))
         ends = np.cumsum([len(self.states[e]) for e in episodes]).tolist()
         z_all: Tensor | None = None
         self.z: dict[int, Tensor] = {}
         for e, end in zip(tqdm(episodes, desc="encode frames", unit="ep", disable=not progress),
                           ends):
-            x = normalize_pixels(torch.from_numpy(np.ascontiguousarray(store.episode(e)["frames"]))
-                                 .movedim(-1, -3))
+            x = normalize_pixels(torch.from_numpy(store.series(e, "frames")).movedim(-1, -3))
             z = torch.cat([
                 objective.latents(x[i : i + batch, None].to(device), models, standardise=False)
                 [:, 0].cpu() for i in range(0, len(x), batch)])
