@@ -37,7 +37,11 @@ from jepalab.config import (
     PretrainConfig,
     SceneConfig,
     WorldModelConfig,
+    build,
     load,
+    merge,
+    parse_overrides,
+    read_yaml,
 )
 from jepalab.data.collect import collect
 from jepalab.envs import make
@@ -130,9 +134,12 @@ def main(argv: list[str] | None = None) -> int:
     times["collect"] = time.perf_counter() - t
     t = time.perf_counter()
     mask = [] if args.objective in ("jepa", "mae") else ["--mask.kind=none"]
-    enc = args.encoder or pretrain(load(PretrainConfig, DEMO / "pretrain.yaml", [
+    base = read_yaml(DEMO / "pretrain.yaml")
+    if args.objective != "jepa":  # the demo's objective.params are JEPA's (variance/covariance)
+        base["objective"].pop("params", None)
+    enc = args.encoder or pretrain(build(PretrainConfig, merge(base, parse_overrides([
         f"--data.path={data}", f"--out_dir={out / 'pretrain'}",
-        f"--objective.name={args.objective}", *mask]), resume=True)
+        f"--objective.name={args.objective}", *mask]))), resume=True)
     times["pretrain"] = time.perf_counter() - t
     t = time.perf_counter()
     wm_path = train_worldmodel(load(WorldModelConfig, DEMO / "worldmodel.yaml", [
