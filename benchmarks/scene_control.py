@@ -80,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     times["pretrain"] = time.perf_counter() - t
     t = time.perf_counter()
     wm_path = train_worldmodel(load(WorldModelConfig, DEMO / "worldmodel.yaml", [
-        f"--encoder={enc}", f"--data.path={data}", f"--out_dir={out / 'worldmodel'}"]),
+        f"--encoder={enc}", f"--data.path={data}", f"--out_dir={out / 'worldmodel'}",
+        "--value=null"]),  # plans with the L1 energy: no cost-to-go (the demo's is two-rooms')
         resume=True)
     times["worldmodel"] = time.perf_counter() - t
 

@@ -36,6 +36,7 @@ from jepalab.config import (
     ControllerConfig,
     PretrainConfig,
     SceneConfig,
+    ValueConfig,
     WorldModelConfig,
     build,
     load,
@@ -120,9 +121,10 @@ def main(argv: list[str] | None = None) -> int:
                    default=["l1", "value"], help="plan with these energies")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
-    value = {"form": args.value_form}
+    # Every ValueConfig field is set here, so the rows do not depend on the demo's own value.
+    value = {**ValueConfig().model_dump(), "form": args.value_form}
     if args.value_learning == "quasimetric":
-        value = QUASIMETRIC
+        value.update(QUASIMETRIC)
     out = Path(args.out or f"runs/bench/value_planning/{args.objective}")
     times: dict[str, float] = {}
 

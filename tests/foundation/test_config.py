@@ -58,3 +58,15 @@ def test_cli_bad_config_exits_2_and_writes_nothing(tmp_path, capsys):
 def test_missing_config_file_is_one_line(tmp_path):
     with pytest.raises(JepalabError, match="config file not found"):
         load(PretrainConfig, tmp_path / "nope.yaml")
+
+
+def test_demo_world_models_learn_the_value_the_demo_contract_plans_with():
+    from jepalab.config import ContractConfig, WorldModelConfig
+
+    demo = Path(__file__).parents[2] / "configs" / "demo"
+    contract = load(ContractConfig, demo / "contract.yaml")
+    wm = load(WorldModelConfig, demo / "worldmodel.yaml")
+    assert contract.controller.metric == "value" and contract.controller.weights == "final"
+    assert wm.value is not None and wm.value.learning == "quasimetric"
+    # `--value=null` (benchmarks/scene_control.py) drops it again.
+    assert load(WorldModelConfig, demo / "worldmodel.yaml", ["--value=null"]).value is None
