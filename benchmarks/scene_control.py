@@ -7,6 +7,8 @@ uniformly random actions and by zero actions ("do nothing": velocity scenes stay
 with Wilson 95 % CIs, all measured in this run. Stages resume from OUT.
 
     python benchmarks/scene_control.py --scene tabletop-push [--episodes 20] [--out runs/bench/X]
+        [--energy value]   # plan with the learned cost-to-go of configs/demo/worldmodel.yaml
+                           # (quasimetric steps to go, last predicted step) instead of L1
 """
 
 from __future__ import annotations
@@ -65,6 +67,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-episodes", type=int, default=200)
     p.add_argument("--episodes", type=int, default=20, help="evaluation episodes per policy")
     p.add_argument("--max-steps", type=int, default=100)
+    p.add_argument("--energy", choices=["l1", "value"], default="l1",
+                   help="the planner's energy: L1 to the goal latent (all steps) or the learned "
+                        "cost-to-go (last step)")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
     out = Path(args.out or f"runs/bench/scene_control/{args.scene}")
@@ -81,14 +86,14 @@ def main(argv: list[str] | None = None) -> int:
     t = time.perf_counter()
     wm_path = train_worldmodel(load(WorldModelConfig, DEMO / "worldmodel.yaml", [
         f"--encoder={enc}", f"--data.path={data}", f"--out_dir={out / 'worldmodel'}",
-        "--value=null"]),  # plans with the L1 energy: no cost-to-go (the demo's is two-rooms')
-        resume=True)
+        *(["--value=null"] if args.energy == "l1" else [])]), resume=True)
     times["worldmodel"] = time.perf_counter() - t
 
     seeds = [1_000_000 + e for e in range(args.episodes)]
     ctrl = ControllerConfig(planner={"method": "cem", "horizon": 8, "samples": 128,
                                      "iterations": 3, "elites": 16},
-                            replan_every=2, max_steps=args.max_steps, weights="all")
+                            replan_every=2, max_steps=args.max_steps, metric=args.energy,
+                            weights="all" if args.energy == "l1" else "final")
     t = time.perf_counter()
     mpc = summarize(run_episodes(load_world_model(wm_path), SceneConfig(name=args.scene),
                                  ctrl, seeds))
@@ -114,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {name} | {rate:.0%} [{lo:.0%}, {hi:.0%}] | {dist:.3f} | {plan} |")
     atomic_write_json(out / "scene_control.json", {
         "benchmark": "scene_control", "created": now_iso(), "git": git_info(),
-        "scene": args.scene, "seconds": times, "rows": rows, "mpc": mpc})
+        "scene": args.scene, "energy": args.energy, "seconds": times, "rows": rows, "mpc": mpc})
     return 0
 
 
