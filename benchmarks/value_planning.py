@@ -141,7 +141,8 @@ def main(argv: list[str] | None = None) -> int:
         base["objective"].pop("params", None)
     enc = args.encoder or pretrain(build(PretrainConfig, merge(base, parse_overrides([
         f"--data.path={data}", f"--out_dir={out / 'pretrain'}",
-        f"--objective.name={args.objective}", *mask]))), resume=True)
+        f"--objective.name={args.objective}", *mask])), source=str(DEMO / "pretrain.yaml")),
+        resume=True)
     times["pretrain"] = time.perf_counter() - t
     t = time.perf_counter()
     wm_path = train_worldmodel(load(WorldModelConfig, DEMO / "worldmodel.yaml", [

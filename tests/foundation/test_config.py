@@ -62,11 +62,14 @@ def test_missing_config_file_is_one_line(tmp_path):
 
 def test_demo_world_models_learn_the_value_the_demo_contract_plans_with():
     from jepalab.config import ContractConfig, WorldModelConfig
+    from jepalab.models.value import QUASIMETRIC
 
     demo = Path(__file__).parents[2] / "configs" / "demo"
     contract = load(ContractConfig, demo / "contract.yaml")
     wm = load(WorldModelConfig, demo / "worldmodel.yaml")
     assert contract.controller.metric == "value" and contract.controller.weights == "final"
     assert wm.value is not None and wm.value.learning == "quasimetric"
+    # The YAML spells out the same settings as `QUASIMETRIC` (value_planning.py's quasimetric).
+    assert {k: getattr(wm.value, k) for k in QUASIMETRIC} == QUASIMETRIC
     # `--value=null` (benchmarks/scene_control.py) drops it again.
     assert load(WorldModelConfig, demo / "worldmodel.yaml", ["--value=null"]).value is None
