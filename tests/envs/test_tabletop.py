@@ -59,8 +59,26 @@ def test_goal_not_drawn_and_goal_image(push) -> None:
     goal_img = u.render_goal()
     assert not np.array_equal(goal_img, obs["pixels"])
     gs = u.goal_state
-    assert np.array_equal(gs[:3], obs["state"][:3])  # ee where it started
     assert not np.allclose(gs[3:5], obs["state"][3:5])  # cube at its goal
+    # The ee where a straight push ends: behind the cube's goal on the start -> goal line,
+    # outside the cube, at the push height.
+    line = gs[3:5] - obs["state"][3:5]
+    behind = gs[3:5] - gs[:2]
+    assert gs[2] == obs["state"][2]
+    assert float(behind @ line) / (np.linalg.norm(behind) * np.linalg.norm(line)) > 0.999
+    assert 0.025 + 0.015 < np.linalg.norm(behind) < 0.025 * np.sqrt(2) + 0.015 + 0.01
+
+
+def test_push_unroll_is_the_scene_physics(push) -> None:
+    obs, _ = push.reset(seed=5)
+    u = push.unwrapped
+    actions = np.random.default_rng(0).uniform(-1, 1, (3, 5, 2)).astype(np.float32)
+    pred = u.unroll(actions)
+    assert pred.shape == (3, 5, len(u.state_names))
+    assert np.array_equal(u._state(), obs["state"])  # the episode is not touched
+    for t, a in enumerate(actions[2]):
+        ob, *_ = push.step(a)
+        assert np.array_equal(pred[2, t], ob["state"])
 
 
 def test_reach_expert_and_checker() -> None:
