@@ -9,6 +9,7 @@ with Wilson 95 % CIs, all measured in this run. Stages resume from OUT.
     python benchmarks/scene_control.py --scene tabletop-push [--episodes 20] [--out runs/bench/X]
         [--energy value]   # plan with the learned cost-to-go of configs/demo/worldmodel.yaml
                            # (quasimetric steps to go, last predicted step) instead of L1
+        [--data-episodes 200] [--wm-steps 2000]
 """
 
 from __future__ import annotations
@@ -70,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--energy", choices=["l1", "value"], default="l1",
                    help="the planner's energy: L1 to the goal latent (all steps) or the learned "
                         "cost-to-go (last step)")
+    p.add_argument("--wm-steps", type=int, default=2000, help="world-model (and value) steps")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
     out = Path(args.out or f"runs/bench/scene_control/{args.scene}")
@@ -86,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     t = time.perf_counter()
     wm_path = train_worldmodel(load(WorldModelConfig, DEMO / "worldmodel.yaml", [
         f"--encoder={enc}", f"--data.path={data}", f"--out_dir={out / 'worldmodel'}",
+        f"--steps={args.wm_steps}",
         *(["--value=null"] if args.energy == "l1" else [])]), resume=True)
     times["worldmodel"] = time.perf_counter() - t
 
@@ -119,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {name} | {rate:.0%} [{lo:.0%}, {hi:.0%}] | {dist:.3f} | {plan} |")
     atomic_write_json(out / "scene_control.json", {
         "benchmark": "scene_control", "created": now_iso(), "git": git_info(),
-        "scene": args.scene, "energy": args.energy, "seconds": times, "rows": rows, "mpc": mpc})
+        "scene": args.scene, "energy": args.energy, "data_episodes": args.data_episodes,
+        "wm_steps": args.wm_steps, "seconds": times, "rows": rows, "mpc": mpc})
     return 0
 
 
