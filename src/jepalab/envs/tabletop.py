@@ -253,8 +253,12 @@ class TabletopEnv(SceneEnv):
     # ------------------------------------------------------------------ layout
 
     def _pose(self, data: Any, obj: str) -> np.ndarray:
+        return self._qpos_pose(data.qpos, obj)
+
+    def _qpos_pose(self, qpos: np.ndarray, obj: str) -> np.ndarray:
+        """x, y, z, yaw [..., 4] of `obj` from joint positions [..., nq]."""
         a = self._qadr[obj]
-        return np.array([*data.qpos[a : a + 3], _yaw(data.qpos[a + 3 : a + 7])])
+        return np.concatenate([qpos[..., a : a + 3], _yaw(qpos[..., a + 3 : a + 7])[..., None]], -1)
 
     def _set_pose(self, data: Any, obj: str, xy: np.ndarray, yaw: float) -> None:
         a = self._qadr[obj]
@@ -451,12 +455,11 @@ class TabletopEnv(SceneEnv):
 
     def _qpos_states(self, qpos: np.ndarray) -> np.ndarray:
         """States [..., 11] (`state_names`) of joint positions [..., nq]."""
-        ee, cube, mug = (self._qadr[k] for k in ("ee_x", "cube", "mug"))
-        return np.concatenate([
-            qpos[..., ee : ee + 3],
-            qpos[..., cube : cube + 3], _yaw(qpos[..., cube + 3 : cube + 7])[..., None],
-            qpos[..., mug : mug + 3], _yaw(qpos[..., mug + 3 : mug + 7])[..., None],
-        ], -1).astype(np.float32)  # fmt: skip
+        ee = self._qadr["ee_x"]
+        return np.concatenate(
+            [qpos[..., ee : ee + 3], self._qpos_pose(qpos, "cube"), self._qpos_pose(qpos, "mug")],
+            -1,
+        ).astype(np.float32)
 
     def _state_of(self, data: Any) -> np.ndarray:
         return self._qpos_states(data.qpos)
