@@ -19,6 +19,8 @@ OUT (then their times cover only what was left).
                                                   # drawn uniformly from the episode)
         [--energies value value-true]             # plan with these energies only; value-true:
                                                   # the value with the scene's true dynamics
+        [--value-set consistency=0.05 ...]        # any ValueConfig field
+        [--plan-set planner.samples=256 ...]      # any ControllerConfig field of the planning
 """
 
 from __future__ import annotations
@@ -100,6 +102,37 @@ def value_vs_path(wm, episodes: int = 30, points: int = 40) -> dict[str, float]:
             "mean_abs_error_steps": float(np.mean(errors))}
 
 
+def wall_push(wm, layouts: int = 40, steps: int = 8) -> dict[str, float]:
+    """What the world model predicts when the agent pushes straight into the wall, away from
+    the door, for `steps` steps: the scene does not move it, so the learned steps to go should
+    not change. Agents 1 cm from the wall on the start's side of fresh layouts (goal behind the
+    wall); the value read on the encoded start and on the world model's last predicted step."""
+    env = make("two-rooms", image_size=64, random_wall=True)
+    u = env.unwrapped
+    start, after, moved = [], [], []
+    for i in range(layouts):
+        env.reset(seed=3_000_000 + i)
+        side = -1.0 if u.agent[0] < u.wall_x else 1.0
+        ys = np.linspace(0.1, 0.9, 9)
+        ys = ys[np.abs(ys - u.door_y) > 0.2]
+        x = u.wall_x + side * (u.wall_thickness / 2 + u.agent_radius + 0.01)
+        pts = np.stack([np.full(len(ys), x), ys], 1)
+        actions = np.zeros((len(ys), steps, 2))
+        actions[..., 0] = -side
+        moved.append(np.abs(u.unroll(pts, actions)[:, -1] - pts).max(-1))
+        with torch.inference_mode():
+            goal = wm.encode(torch.from_numpy(np.asarray(u.render_goal()).copy())[None])
+            z0 = wm.encode(torch.from_numpy(np.stack([u.render_at(q) for q in pts])))
+            z = wm.rollout(z0, torch.from_numpy(actions).float())[:, -1]
+            start.append(wm.value.steps_to_go(z0, goal).numpy())
+            after.append(wm.value.steps_to_go(z, goal).numpy())
+    env.close()
+    d0, d1 = np.concatenate(start), np.concatenate(after)
+    return {"pushes": len(d0), "steps": steps, "true_moved": float(np.concatenate(moved).mean()),
+            "steps_to_go_start": float(d0.mean()), "steps_to_go_after": float(d1.mean()),
+            "predicted_progress_steps": float((d0 - d1).mean())}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--objective", default="jepa", help="pretraining objective of the encoder")
@@ -119,12 +152,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--wm-depth", type=int, default=3, help="the predictor MLP's depth")
     p.add_argument("--energies", nargs="+", choices=[r for r, _, _ in ENERGIES],
                    default=["l1", "value"], help="plan with these energies")
+    p.add_argument("--value-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="set a ValueConfig field (consistency=0.05), after --value-learning")
+    p.add_argument("--plan-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="set a ControllerConfig field (planner.horizon=16, replan_every=1)")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
     # Every ValueConfig field is set here, so the rows do not depend on the demo's own value.
     value = {**ValueConfig().model_dump(), "form": args.value_form}
     if args.value_learning == "quasimetric":
         value.update(QUASIMETRIC)
+    value.update(parse_overrides([f"--{kv}" for kv in args.value_set]))
     out = Path(args.out or f"runs/bench/value_planning/{args.objective}")
     times: dict[str, float] = {}
 
@@ -153,6 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     times["worldmodel+value"] = time.perf_counter() - t
     wm = load_world_model(wm_path)
     reading = value_vs_path(wm)
+    wall = wall_push(wm)
     last = json.loads((out / "worldmodel" / "metrics.jsonl").read_text().splitlines()[-1])
     fit = {k: last[k] for k in ("tf_loss", "rollout_loss", "copy_loss")}  # final step's batch
 
@@ -160,9 +199,11 @@ def main(argv: list[str] | None = None) -> int:
     scene = SceneConfig(name="two-rooms", kwargs={"random_wall": True})
     rows = []
     for row, metric, weights in (e for e in ENERGIES if e[0] in args.energies):
-        ctrl = ControllerConfig(planner={"method": "cem", "horizon": 8, "samples": 128,
-                                         "iterations": 3, "elites": 16},
-                                replan_every=2, max_steps=64, metric=metric, weights=weights)
+        ctrl = build(ControllerConfig, merge(
+            {"planner": {"method": "cem", "horizon": 8, "samples": 128, "iterations": 3,
+                         "elites": 16}, "replan_every": 2, "max_steps": 64,
+             "metric": metric, "weights": weights},
+            parse_overrides([f"--{kv}" for kv in args.plan_set])), source="--plan-set")
         t = time.perf_counter()
         model = true_model(wm) if row == "value-true" else None
         s = summarize(run_episodes(wm, scene, ctrl, seeds, model=model))
@@ -175,6 +216,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"value vs true path length on encoded frames ({reading['layouts']} layouts): "
           f"Spearman {reading['spearman']:.2f}, mean error "
           f"{reading['mean_abs_error_steps']:.1f} steps")
+    print(f"pushing into the wall for {wall['steps']} steps ({wall['pushes']} starts; the scene "
+          f"moves the agent {wall['true_moved']:.3f}): the world model's last step reads "
+          f"{wall['predicted_progress_steps']:.1f} steps of progress "
+          f"({wall['steps_to_go_start']:.1f} -> {wall['steps_to_go_after']:.1f} to go)")
     print(f"world model at its last step (L1, per latent dim): teacher forcing "
           f"{fit['tf_loss']:.4f}, rollout {fit['rollout_loss']:.4f}, nothing moves "
           f"{fit['copy_loss']:.4f}")
@@ -189,10 +234,12 @@ def main(argv: list[str] | None = None) -> int:
         "objective": args.objective, "pool": args.pool, "wm_steps": args.wm_steps,
         "wm_batch": args.wm_batch, "wm_dim": args.wm_dim, "wm_depth": args.wm_depth,
         "value_form": value["form"], "value_learning": args.value_learning,
+        "value": value, "plan_set": args.plan_set,
         "episodes_collected": None if args.data else args.collect,
         "policy": None if args.data else args.policy,
         "encoder": str(enc), "world_model": str(wm_path),
-        "seconds": times, "value_vs_path": reading, "world_model_fit": fit, "rows": rows})
+        "seconds": times, "value_vs_path": reading, "wall_push": wall, "world_model_fit": fit,
+        "rows": rows})
     return 0
 
 

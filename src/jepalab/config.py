@@ -223,6 +223,24 @@ def _scalar(raw: str) -> Any:
         return raw
 
 
+def stored_config(config: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's recorded config as it was trained: a value recorded before
+    `ValueConfig.form` existed was an MLP of [z, g] ("mlp"), not today's default."""
+    value = config.get("value")
+    if isinstance(value, dict) and "form" not in value:
+        return {**config, "value": {**value, "form": "mlp"}}
+    return config
+
+
+def same_config(cfg: Config, recorded: dict[str, Any]) -> bool:
+    """Whether a checkpoint's recorded config is `cfg` (resuming). Compared as validated configs,
+    so a field added since the run was recorded (at its default) does not make it differ."""
+    try:
+        return type(cfg).model_validate(stored_config(recorded)) == cfg
+    except ValidationError:
+        return False
+
+
 def parse_overrides(args: list[str]) -> dict[str, Any]:
     """`['--model.depth=4', '--optim.lr', '5e-4']` -> nested dict, values parsed as YAML scalars."""
     out: dict[str, Any] = {}
@@ -340,6 +358,9 @@ class ValueConfig(Config):
     cap: float = Field(40.0, gt=0.0, description="quasimetric: steps beyond which pairs are "
                        "no longer pushed apart")
     weight: float = Field(1.0, gt=0.0, description="loss weight next to the predictor's")
+    consistency: float = Field(
+        0.0, ge=0.0, description="form 'metric': weight of a loss on the predictor, the learned "
+        "steps between its rollout and the encoded frames (the value itself is not moved by it)")
     target_momentum: float = Field(0.98, ge=0.0, lt=1.0, description="slow target copy's EMA")
     goals: int = Field(8, ge=1, description="hindsight goals drawn per training window")
     p_current: float = Field(0.2, ge=0.0, le=1.0, description="goal = the window's own frame")
@@ -351,6 +372,8 @@ class ValueConfig(Config):
     def _probabilities(self) -> ValueConfig:
         if self.learning == "quasimetric" and self.form != "metric":
             raise ValueError(f"learning 'quasimetric' needs form 'metric', got {self.form!r}")
+        if self.consistency > 0 and self.form != "metric":
+            raise ValueError(f"consistency needs form 'metric' (a distance), got {self.form!r}")
         if self.p_current + self.p_future > 1.0:
             raise ValueError(f"p_current + p_future must be <= 1, got "
                              f"{self.p_current} + {self.p_future}")

@@ -73,3 +73,20 @@ def test_demo_world_models_learn_the_value_the_demo_contract_plans_with():
     assert {k: getattr(wm.value, k) for k in QUASIMETRIC} == QUASIMETRIC
     # `--value=null` (benchmarks/scene_control.py) drops it again.
     assert load(WorldModelConfig, demo / "worldmodel.yaml", ["--value=null"]).value is None
+
+
+def test_a_run_recorded_before_a_field_existed_is_the_same_config():
+    """Resuming compares validated configs: a field added since a run was recorded (at its
+    default) does not make it differ; any changed value does."""
+    import json
+
+    from jepalab.config import WorldModelConfig, same_config
+
+    cfg = WorldModelConfig(encoder="e", data={"path": "d"},
+                           value={"form": "metric", "learning": "quasimetric"})
+    recorded = json.loads(cfg.model_dump_json())
+    del recorded["value"]["consistency"]  # recorded before ValueConfig.consistency existed
+    assert same_config(cfg, recorded)
+    assert not same_config(cfg.model_copy(update={"steps": cfg.steps + 1}), recorded)
+    assert not same_config(cfg, {**recorded, "value": {**recorded["value"], "cap": 1.0}})
+    assert not same_config(cfg, {**recorded, "bogus": 1})  # fails validation: not the same

@@ -373,7 +373,7 @@ def test_value_trains_with_the_world_model_resumes_exactly_and_plans(tiny_inputs
 
 
 def test_a_value_recorded_before_forms_existed_loads_as_the_mlp_it_was():
-    from jepalab.train.worldmodel import stored_config
+    from jepalab.config import stored_config
 
     old = {"steps": 5, "value": {"gamma": 0.98, "hidden": 16}}
     assert stored_config(old)["value"] == {"gamma": 0.98, "hidden": 16, "form": "mlp"}

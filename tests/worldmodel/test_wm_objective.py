@@ -130,3 +130,33 @@ def test_a_video_encoder_reads_images_as_static_clips():
     models = obj.build(enc)  # pooled latents on the per-frame grid
     z = obj.latents(torch.randn(2, 2, 3, 16, 16), models, standardise=False)
     assert z.shape == (2, 2, v.embed_dim * obj.pool**2)
+
+
+def test_value_consistency_trains_the_predictor_in_the_values_units_only():
+    """`value.consistency` c adds c x (the learned steps between the k-step rollout and the
+    encoded frames); its gradient reaches the predictor, never the value's embedding."""
+    from jepalab.config import ValueConfig
+    from jepalab.objectives.worldmodel import _fixed_distance
+
+    value = {"form": "metric", "learning": "quasimetric", "hidden": 8, "depth": 1}
+    runs = {}
+    for c in (0.0, 0.5):
+        obj, models, batch = _setup("mlp", 3, value={**value, "consistency": c})
+        d = models["value"].latent_dim
+        g = torch.Generator().manual_seed(2)
+        batch.goals, batch.goal_steps = torch.randn(3, d, generator=g), torch.tensor([2, -1, 5])
+        runs[c] = obj.loss(batch, models)
+    (base, m0), (loss, m) = runs[0.0], runs[0.5]
+    assert "value_consistency" not in m0 and m["value_consistency"] > 0
+    expected = float(base.detach()) + 0.5 * m["value_consistency"]
+    assert float(loss.detach()) == pytest.approx(expected, rel=1e-5)
+
+    z = torch.randn(3, 2, d)
+    pred = models["predictor"].rollout(z[:, 0], batch.actions[:, :2])
+    _fixed_distance(models["value"], pred, z).backward()
+    assert all(p.grad is None for p in models["value"].parameters())
+    assert all(p.requires_grad for p in models["value"].parameters())  # restored
+    assert any(p.grad is not None and p.grad.abs().sum() > 0
+               for p in models["predictor"].parameters())
+    with pytest.raises(ValueError, match="consistency needs form 'metric'"):
+        ValueConfig(form="diff", consistency=0.1)

@@ -29,6 +29,13 @@ predictor (separate parameters). With k >= 2 the same loss is also taken at the 
 one-step prediction of z_1 (detached; the transition to the real z_2), averaged with the first:
 the planner scores *predicted* latents, and a value fitted on encoded frames only ranked them no
 better than the L1 distance did.
+
+With `value.consistency` c > 0 (form "metric"), the predictor is also trained in the value's
+units: loss += c * mean d(rollout(z_0, a), z_1..z_k), the learned steps between each predicted
+and encoded frame, through the value's embedding held fixed (its parameters get no gradient
+from this term). The L1 loss weighs every latent dimension alike, most of which hold the layout;
+this term weighs a prediction's error by the steps to go it misreads (a world model that lets
+the agent through a wall reads progress that is not there: `benchmarks/value_planning.py`).
 """
 
 from __future__ import annotations
@@ -93,6 +100,16 @@ def encode_latents(
         grid = rearrange(h, "b (y x) d -> b d y x", y=side)
         h = F.adaptive_avg_pool2d(grid, pool).flatten(1)
     return norm(h) if norm is not None else h
+
+
+def _fixed_distance(value: GoalValue, z: Tensor, target: Tensor) -> Tensor:
+    """Mean learned steps between z and target, with gradients to z only (the value's
+    parameters are treated as constants while the graph is built)."""
+    value.requires_grad_(False)
+    try:
+        return value.distance(z, target).mean()
+    finally:
+        value.requires_grad_(True)
 
 
 def _drop_frozen(module: nn.Module, state_dict: dict, prefix: str, local_metadata: dict) -> None:
@@ -205,9 +222,14 @@ class WorldModelObjective(Objective):
                 tf, ro = tf + s_tf_loss, ro + s_ro_loss
             loss = tf + self.wm.rollout_weight * ro
             if "value" in models:
+                v = cast(ValueConfig, self.wm.value)
                 v_loss, v_metrics = self._value_loss(batch, z, z_ro.detach(), models)
-                loss = loss + self.wm.value.weight * v_loss
+                loss = loss + v.weight * v_loss
                 metrics.update(v_metrics)
+                if v.consistency > 0:
+                    steps = _fixed_distance(cast(GoalValue, models["value"]), z_ro, target)
+                    loss = loss + v.consistency * steps
+                    metrics["value_consistency"] = float(steps.detach())
             # reference: the error of predicting "nothing moves" (z_{t+1} = z_t)
             copy = self._distance(z[:, :k], target)
         metrics.update(

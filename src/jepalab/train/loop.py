@@ -20,7 +20,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from jepalab.config import PretrainConfig, TrainConfig, dump
+from jepalab.config import PretrainConfig, TrainConfig, dump, same_config
 from jepalab.data.images import ImageFolderDataset, ShapesDataset
 from jepalab.errors import JepalabError
 from jepalab.io import atomic_write_text
@@ -298,7 +298,7 @@ def fit(
     start = 0
     if resume and last is not None:
         manifest, tensors = load_checkpoint(last)
-        if manifest["config"] != json.loads(cfg.model_dump_json()):
+        if not same_config(cfg, manifest["config"]):
             raise JepalabError(f"--resume: the config differs from the one in {last}/manifest.json")
         models.load_state_dict(tensors["model"])
         restore_optimizer(opt, tensors["optim"], manifest["optimizer"])

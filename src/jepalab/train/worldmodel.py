@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from jepalab.config import ValueConfig, WorldModelConfig, build
+from jepalab.config import ValueConfig, WorldModelConfig, build, same_config, stored_config
 from jepalab.errors import JepalabError
 from jepalab.models.ac_predictor import ACPredictor, build_predictor
 from jepalab.models.build import FrozenEncoder, load_encoder, normalize_pixels
@@ -111,7 +111,6 @@ def train_worldmodel(
 
 def _finished(cfg: WorldModelConfig) -> Path | None:
     """The final checkpoint of `cfg`'s run if it finished with this config and encoder."""
-    import json
 
     from jepalab.train.checkpoint import latest_checkpoint
 
@@ -119,7 +118,7 @@ def _finished(cfg: WorldModelConfig) -> Path | None:
     if last is None:
         return None
     m = read_manifest(last)
-    same = (m.get("step") == cfg.steps and m.get("config") == json.loads(cfg.model_dump_json())
+    same = (m.get("step") == cfg.steps and same_config(cfg, m.get("config", {}))
             and m.get("encoder_checkpoint", {}).get("sha256") == checkpoint_sha(cfg.encoder))
     return last if same else None
 
@@ -313,15 +312,6 @@ class WorldModel(nn.Module):
             raise JepalabError(
                 f"world model: actions must be [B, H, {self.action_dim}], got {list(actions.shape)}"
             )
-
-
-def stored_config(config: dict[str, Any]) -> dict[str, Any]:
-    """A checkpoint's recorded config as it was trained: a value recorded before
-    `ValueConfig.form` existed was an MLP of [z, g] ("mlp"), not today's default."""
-    value = config.get("value")
-    if isinstance(value, dict) and "form" not in value:
-        return {**config, "value": {**value, "form": "mlp"}}
-    return config
 
 
 def load_world_model(path: str | Path, encoder: str | Path | None = None) -> WorldModel:
