@@ -208,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
         model = true_model(wm) if row == "value-true" else None
         s = summarize(run_episodes(wm, scene, ctrl, seeds, model=model))
         times[f"plan {row}"] = time.perf_counter() - t
-        rows.append({"energy": row, "weights": weights, **s})
+        rows.append({"energy": row, "weights": ctrl.weights, **s})
 
     print(f"\ntwo-rooms (random wall), encoder objective {args.objective}, {args.episodes} "
           f"episodes per energy (same reset seeds); stages (s): "
