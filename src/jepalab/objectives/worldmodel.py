@@ -104,12 +104,15 @@ def encode_latents(
 
 def _fixed_distance(value: GoalValue, z: Tensor, target: Tensor) -> Tensor:
     """Mean learned steps between z and target, with gradients to z only (the value's
-    parameters are treated as constants while the graph is built)."""
+    parameters are treated as constants while the graph is built, then get back the flags
+    they had)."""
+    flags = [p.requires_grad for p in value.parameters()]
     value.requires_grad_(False)
     try:
         return value.distance(z, target).mean()
     finally:
-        value.requires_grad_(True)
+        for p, flag in zip(value.parameters(), flags):
+            p.requires_grad_(flag)
 
 
 def _drop_frozen(module: nn.Module, state_dict: dict, prefix: str, local_metadata: dict) -> None:

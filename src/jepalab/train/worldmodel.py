@@ -111,7 +111,6 @@ def train_worldmodel(
 
 def _finished(cfg: WorldModelConfig) -> Path | None:
     """The final checkpoint of `cfg`'s run if it finished with this config and encoder."""
-
     from jepalab.train.checkpoint import latest_checkpoint
 
     last = latest_checkpoint(cfg.out_dir)
