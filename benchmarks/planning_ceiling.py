@@ -43,7 +43,7 @@ from jepalab.io import atomic_write_json, git_info, now_iso
 from jepalab.models.value import (
     QUASIMETRIC,
     GoalValue,
-    hindsight_goal,
+    draw_goal,
     quasimetric_loss,
     steps_value,
     value_loss,
@@ -85,21 +85,31 @@ def exact_steps(u, states: np.ndarray, goals: np.ndarray) -> np.ndarray:
 
 def learn_value(steps: int, batch: int = 256, seed: int = 0, form: str = "mlp",
                 episodes: int = 300, targets: str = "learned", policy: str = "mixture:0.5",
-                overrides: list[str] | None = None) -> tuple[GoalValue, dict]:
+                overrides: list[str] | None = None, layout_every: int = 1
+                ) -> tuple[GoalValue, dict]:
     """The world model's cost-to-go learning (`ValueConfig` defaults, the same loss and goal
     sampling), on the true states of data collected as the demo's (300 episodes of `policy`).
     targets "exact-pairs" / "exact-cover": regress the same network on the exact cost-to-go
     instead, to the same hindsight goals / to 64 goal points drawn uniformly per layout;
     "quasimetric": `value.learning: quasimetric` (form metric, goals uniform in the episode).
-    overrides: ValueConfig fields as dotted overrides (e.g. "--penalty=100")."""
+    overrides: ValueConfig fields as dotted overrides (e.g. "--penalty=100"). layout_every: the
+    episodes share each layout K at a time (the scene's `layout_every`; goals from the other
+    episodes of the layout with `--p_layout`)."""
     qrl = targets == "quasimetric"
     base = [f"--{key}={val}" for key, val in (QUASIMETRIC if qrl else {"form": form}).items()]
     v = load(ValueConfig, None, base + list(overrides or []))
+    if targets.startswith("exact") and v.p_layout > 0:
+        raise SystemExit(f"{targets}: the exact steps are to the episode's own frames; "
+                         "drop p_layout")
     with tempfile.TemporaryDirectory() as tmp:
         store = TrajectoryStore.open(collect(
             "two-rooms", episodes, f"{tmp}/data", policy=policy, image_size=16, max_steps=64,
-            progress=False, scene_kwargs={"random_wall": True, "terminate_on_success": False}))
+            progress=False, scene_kwargs={"random_wall": True, "terminate_on_success": False,
+                                          "layout_every": layout_every}))
         states = np.stack([store.series(e, "states") for e in range(store.num_episodes)])
+        layout = store.layout_ids()
+    mates = [np.flatnonzero((layout == layout[e]) & (np.arange(len(layout)) != e))
+             for e in range(len(layout))]
     rng, (n_eps, frames) = np.random.default_rng(seed), states.shape[:2]
     if targets.startswith("exact"):  # goal points per episode and the exact steps to them
         goals = states[..., :2].copy()
@@ -121,14 +131,14 @@ def learn_value(steps: int, batch: int = 256, seed: int = 0, form: str = "mlp",
     t0 = time.perf_counter()
     for _ in range(steps):
         e, t = rng.integers(n_eps, size=batch), rng.integers(frames - 1, size=batch)
-        g = (rng.integers(goals.shape[1], size=batch) if targets == "exact-cover" else
-             np.array([hindsight_goal(rng, int(ti), frames, v.gamma, v.p_current, v.p_future)
-                       for ti in t]))
+        ge, g = (e, rng.integers(goals.shape[1], size=batch)) if targets == "exact-cover" else (
+            np.array(x) for x in zip(*[draw_goal(rng, int(ei), int(ti), [frames] * n_eps,
+                                                 mates[ei], v) for ei, ti in zip(e, t)]))
         if qrl:
-            loss, m = quasimetric_loss(value, z[e, t], z[e, t + 1], z[e, g], v.penalty, v.cap)
+            loss, m = quasimetric_loss(value, z[e, t], z[e, t + 1], z[ge, g], v.penalty, v.cap)
         elif targets == "learned":
-            k = torch.from_numpy(np.where(g >= t, g - t, -1))
-            loss, m = value_loss(value, target, z[e, t], z[e, t + 1], z[e, g], k, v.expectile)
+            k = torch.from_numpy(np.where((ge == e) & (g >= t), g - t, -1))
+            loss, m = value_loss(value, target, z[e, t], z[e, t + 1], z[ge, g], k, v.expectile)
         else:
             y = steps_value(table[e, t, g], v.gamma)
             loss = (value(z[e, t], goals[e, g]) - y).square().mean()
@@ -140,7 +150,7 @@ def learn_value(steps: int, batch: int = 256, seed: int = 0, form: str = "mlp",
             ema_update(target, value, v.target_momentum)
     return value.eval().requires_grad_(False), {
         "targets": targets, "steps": steps, "batch": batch, "form": v.form, "episodes": episodes,
-        "policy": policy, "overrides": list(overrides or []),
+        "policy": policy, "overrides": list(overrides or []), "layout_every": layout_every,
         "seconds": time.perf_counter() - t0, **m}
 
 
@@ -194,13 +204,17 @@ def main(argv: list[str] | None = None) -> int:
                    help="policy collecting the value's episodes (e.g. explore:40, tour:0.5)")
     p.add_argument("--value-set", action="append", default=[], metavar="KEY=VALUE",
                    help="a ValueConfig field for the learned values (repeatable: penalty=100)")
+    p.add_argument("--layout-every", type=int, default=1,
+                   help="the value's episodes share each wall K at a time (goals from the "
+                   "other episodes of a layout: --value-set p_layout=0.5)")
     p.add_argument("--only", choices=["l1", "path", *VALUES], help="one energy's rows")
     p.add_argument("--out", default="runs/bench/planning_ceiling.json")
     args = p.parse_args(argv)
     settings = [s for s in SETTINGS if args.only in (None, s[4])]
     trained = {kind: learn_value(args.value_steps, form=args.value_form,
                                  episodes=args.value_data, targets=kind, policy=args.value_policy,
-                                 overrides=[f"--{kv}" for kv in args.value_set])
+                                 overrides=[f"--{kv}" for kv in args.value_set],
+                                 layout_every=args.layout_every)
                for kind in VALUES if any(s[4] == kind for s in settings)}
     values = {kind: value for kind, (value, _) in trained.items()}
     learning = {kind: info for kind, (_, info) in trained.items()}

@@ -12,6 +12,8 @@ OUT (then their times cover only what was left).
     python benchmarks/value_planning.py [--objective jepa] [--episodes 100] [--out runs/bench/X]
         [--data DATASET] [--encoder CHECKPOINT]   # reuse instead of collecting / pretraining
         [--collect 300] [--policy mixture:0.5]    # episodes collected when --data is not given
+        [--layout-every 1]                        # ... sharing each wall K at a time (goals
+                                                  # from a layout's other episodes: p_layout)
         [--pool 2] [--wm-steps 2000]              # the world model's latent grid and length
         [--wm-batch 128] [--wm-dim 512] [--wm-depth 3]  # its batch, predictor width, depth
         [--value-form diff]                       # ValueConfig.form (before 2026-11-30: mlp)
@@ -140,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", default=None, help="an existing two-rooms dataset (skip collect)")
     p.add_argument("--collect", type=int, default=300, help="episodes to collect without --data")
     p.add_argument("--policy", default="mixture:0.5", help="collection policy without --data")
+    p.add_argument("--layout-every", type=int, default=1,
+                   help="collected episodes share each wall K at a time (scene layout_every)")
     p.add_argument("--encoder", default=None, help="an existing encoder (skip pretraining)")
     p.add_argument("--pool", type=int, default=2, help="world-model latent grid (pool x pool)")
     p.add_argument("--wm-steps", type=int, default=2000, help="world-model (and value) steps")
@@ -170,7 +174,9 @@ def main(argv: list[str] | None = None) -> int:
     data = args.data or collect("two-rooms", args.collect, out / "data", max_steps=64,
                                 image_size=64, policy=args.policy,
                                 scene_kwargs={"random_wall": True,
-                                              "terminate_on_success": False})
+                                              "terminate_on_success": False,
+                                              **({"layout_every": args.layout_every}
+                                                 if args.layout_every > 1 else {})})
     times["collect"] = time.perf_counter() - t
     t = time.perf_counter()
     mask = [] if args.objective in ("jepa", "mae") else ["--mask.kind=none"]
@@ -237,6 +243,7 @@ def main(argv: list[str] | None = None) -> int:
         "value": value, "plan_set": args.plan_set,
         "episodes_collected": None if args.data else args.collect,
         "policy": None if args.data else args.policy,
+        "layout_every": None if args.data else args.layout_every,
         "encoder": str(enc), "world_model": str(wm_path),
         "seconds": times, "value_vs_path": reading, "wall_push": wall, "world_model_fit": fit,
         "rows": rows})

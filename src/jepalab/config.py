@@ -367,6 +367,9 @@ class ValueConfig(Config):
     p_future: float = Field(0.5, ge=0.0, le=1.0,
                             description="goal = a later frame (geometric offset); the rest: "
                             "any frame of the episode")
+    p_layout: float = Field(
+        0.0, ge=0.0, le=1.0, description="goal = any frame of another episode of the same "
+        "layout (data collected with the scene's layout_every > 1), before the draws above")
 
     @model_validator(mode="after")
     def _probabilities(self) -> ValueConfig:

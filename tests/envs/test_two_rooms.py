@@ -34,6 +34,31 @@ def test_start_and_goal_in_different_rooms() -> None:
     assert len(walls) > 10
 
 
+def test_layout_every_shares_the_wall_among_consecutive_seeds(tmp_path) -> None:
+    from jepalab.data.collect import collect
+    from jepalab.data.store import TrajectoryStore
+
+    env = make("two-rooms", random_wall=True, layout_every=3)
+    walls, starts = [], []
+    for seed in range(6):
+        obs, _ = env.reset(seed=seed)
+        walls.append(tuple(obs["state"][2:]))
+        starts.append(tuple(obs["state"][:2]))
+        assert (obs["state"][0] < obs["state"][2]) != (env.unwrapped.goal[0] < obs["state"][2])
+    assert walls[0] == walls[1] == walls[2] != walls[3] == walls[4] == walls[5]
+    assert len(set(starts)) == 6
+    plain, _ = make("two-rooms", random_wall=True).reset(seed=4)
+    assert plain["state"][1] == starts[4][1]  # the same draws: y does not depend on the wall
+    with pytest.raises(ValueError, match="layout_every"):
+        make("two-rooms", random_wall=True, layout_every=0)
+    store = TrajectoryStore.open(collect(
+        "two-rooms", 5, tmp_path / "d", policy="random", image_size=16, max_steps=2,
+        progress=False, seed=1, scene_kwargs={"random_wall": True, "layout_every": 2}))
+    assert store.layout_ids().tolist() == [0, 1, 1, 2, 2]  # seeds 1..5 // 2
+    wall = [tuple(store.series(e, "states")[0, 2:]) for e in range(5)]
+    assert wall[1] == wall[2] != wall[3] == wall[4] and wall[0] != wall[1]
+
+
 def test_success_on_hand_built_states() -> None:
     env = make("two-rooms")
     env.reset(seed=0)

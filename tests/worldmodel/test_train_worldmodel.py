@@ -353,6 +353,14 @@ def test_value_trains_with_the_world_model_resumes_exactly_and_plans(tiny_inputs
         k = int(item["goal_steps"])
         if k >= 0:
             torch.testing.assert_close(item["goals"], cache.z[e][t + k])
+    base.store.layout_ids = lambda: np.zeros(base.store.num_episodes, np.int64)  # one layout
+    mates = LatentCache(base, models, WorldModelObjective(cfg, 2, 4), torch.device("cpu"),
+                        progress=False, value=cfg.value.model_copy(update={"p_layout": 1.0}))
+    for i in (0, 4, 7):  # p_layout 1: a frame of the other episode, with no logged return
+        e, _ = mates.base.locate(i // 3)
+        item = mates[i]
+        assert int(item["goal_steps"]) == -1
+        assert any(torch.equal(item["goals"], z) for z in mates.z[1 - e])
 
     ctrl = ControllerConfig(planner={"method": "cem", "horizon": 3, "samples": 8,
                                      "iterations": 1, "elites": 2},

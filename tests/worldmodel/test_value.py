@@ -12,7 +12,7 @@ import torch
 
 from jepalab.config import ValueConfig
 from jepalab.eval.downstream import spearman
-from jepalab.models.value import GoalValue, quasimetric_loss, value_loss
+from jepalab.models.value import GoalValue, draw_goal, hindsight_goal, quasimetric_loss, value_loss
 from jepalab.objectives.jepa import ema_update
 
 
@@ -186,3 +186,18 @@ def test_value_energy_weights_the_steps_to_go():
     assert final.tolist() == [0.0, 6.0] and mean.tolist() == [1.5, 3.0]
     with pytest.raises(JepalabError, match="weights"):
         value.energy("sometimes")
+
+
+def test_draw_goal_takes_layout_mates_at_p_layout_and_else_the_hindsight_goal():
+    v = ValueConfig(p_layout=0.3)
+    lengths = [10, 20, 30]
+    draws = [draw_goal(np.random.default_rng(i), 0, 4, lengths, [2], v) for i in range(2000)]
+    other = [(e, f) for e, f in draws if e != 0]
+    assert {e for e, _ in other} == {2} and abs(len(other) / 2000 - 0.3) < 0.04
+    assert max(f for _, f in other) >= 25  # any frame of the mate's 30
+    assert all(0 <= f < 10 for e, f in draws if e == 0)
+    for i in range(50):  # no mates, or p_layout 0: the episode's hindsight goal, same draws
+        plain = hindsight_goal(np.random.default_rng(i), 4, 10, v.gamma, v.p_current, v.p_future)
+        assert draw_goal(np.random.default_rng(i), 0, 4, lengths, [], v) == (0, plain)
+        assert draw_goal(np.random.default_rng(i), 0, 4, lengths, [1, 2], ValueConfig()) == (
+            0, plain)

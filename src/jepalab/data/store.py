@@ -347,6 +347,12 @@ class TrajectoryStore:
     def episode_seeds(self) -> list[int]:
         return list(self.manifest["episodes"]["seeds"])
 
+    def layout_ids(self) -> np.ndarray:
+        """Per episode, an id that the episodes collected in one layout share (scene keyword
+        `layout_every` K: reset seed // K), int64 [num_episodes]; without it, the seeds."""
+        kwargs = self.meta.get("scene_config", {}).get("scene_kwargs", {})
+        return np.asarray(self.episode_seeds, np.int64) // int(kwargs.get("layout_every", 1))
+
     def _shape(self, key: str) -> Any:
         if self.manifest["shapes"] is None:
             raise JepalabError(f"{self.path}: the dataset is empty (no episodes yet)")

@@ -3,7 +3,9 @@
 Arena [0, 1]^2 with x to the right and y downwards (y = image row / image_size). A vertical
 wall of thickness 0.04 at ``wall_x`` has a door of width ``door_width`` centred at ``door_y``.
 Defaults: wall_x = 0.5, door_y = 0.5 (fixed); ``random_wall=True`` draws wall_x in
-[0.35, 0.65] and door_y in [0.2, 0.8] per episode.
+[0.35, 0.65] and door_y in [0.2, 0.8] per episode, or, with ``layout_every=K``, once per K
+consecutive reset seeds (seed // K): K episodes of each layout, with their own starts and goals,
+as a robot gathers several episodes in one room (`TrajectoryStore.layout_ids`).
 
 Task: the agent (radius 0.03) starts in one room and the goal lies in the *other* room, so every
 episode needs the door. Action = 2-D displacement, ``action * max_step`` (max_step = 0.05 of
@@ -34,6 +36,7 @@ from jepalab.envs.view2d import Conditions2D
 _FLOOR = np.array([0.80, 0.77, 0.70])
 _WALL = np.array([0.22, 0.25, 0.32])
 _AGENT = np.array([0.86, 0.22, 0.16])
+LAYOUT_STREAM = 0x5EED1A7  # salt of the generator a shared layout is drawn from
 
 
 class TwoRoomsEnv(SceneEnv):
@@ -58,6 +61,7 @@ class TwoRoomsEnv(SceneEnv):
         terminate_on_success: bool = True,
         render_mode: str | None = "rgb_array",
         random_wall: bool = False,
+        layout_every: int = 1,
         wall_x: float = 0.5,
         door_y: float = 0.5,
         door_width: float = 0.2,
@@ -85,7 +89,9 @@ class TwoRoomsEnv(SceneEnv):
             raise ValueError(
                 f"two-rooms: door_width must be in [{2.5 * agent_radius}, 0.5], got {door_width}"
             )
-        self.random_wall = bool(random_wall)
+        if int(layout_every) < 1:
+            raise ValueError(f"two-rooms: layout_every must be >= 1, got {layout_every}")
+        self.random_wall, self.layout_every = bool(random_wall), int(layout_every)
         self.default_wall = (float(wall_x), float(door_y))
         self.door_width = float(door_width)
         self.wall_thickness = 0.04
@@ -119,6 +125,10 @@ class TwoRoomsEnv(SceneEnv):
 
     def _reset_scene(self, layout_rng: np.random.Generator) -> None:
         wall = (layout_rng.uniform(0.35, 0.65), layout_rng.uniform(0.2, 0.8))
+        if self.layout_every > 1:  # the same draws as above, from the layout's own generator
+            assert self.episode_seed is not None
+            shared = np.random.default_rng([self.episode_seed // self.layout_every, LAYOUT_STREAM])
+            wall = (shared.uniform(0.35, 0.65), shared.uniform(0.2, 0.8))
         side = int(layout_rng.choice([-1, 1]))
         self.wall_x, self.door_y = wall if self.random_wall else self.default_wall
         self.agent = self._room_point(layout_rng, side)

@@ -52,7 +52,7 @@ Three forms of V (`ValueConfig.form`):
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -161,6 +161,17 @@ def quasimetric_loss(value: GoalValue, z: Tensor, z_next: Tensor, goal: Tensor,
     return loss, {"value_loss": float(loss.detach()), "value_push": float(push.detach()),
                   "value_violation": float(violation.detach()),
                   "value_mean": float(steps_value(far.detach(), value.gamma).mean())}
+
+
+def draw_goal(rng: np.random.Generator, e: int, t: int, lengths: Sequence[int],
+              mates: Sequence[int], v: ValueConfig) -> tuple[int, int]:
+    """A goal (episode, frame) for a transition from frame t of episode e: with probability
+    `v.p_layout`, any frame of one of `mates` (the other episodes of e's layout), else
+    `hindsight_goal` in e. lengths[i]: frames of episode i."""
+    if len(mates) and v.p_layout > 0 and rng.random() < v.p_layout:
+        other = int(mates[rng.integers(len(mates))])
+        return other, int(rng.integers(lengths[other]))
+    return e, hindsight_goal(rng, t, lengths[e], v.gamma, v.p_current, v.p_future)
 
 
 def hindsight_goal(rng: np.random.Generator, t: int, frames: int, gamma: float,

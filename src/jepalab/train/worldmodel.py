@@ -26,7 +26,7 @@ from jepalab.config import ValueConfig, WorldModelConfig, build, same_config, st
 from jepalab.errors import JepalabError
 from jepalab.models.ac_predictor import ACPredictor, build_predictor
 from jepalab.models.build import FrozenEncoder, load_encoder, normalize_pixels
-from jepalab.models.value import GoalValue, hindsight_goal
+from jepalab.models.value import GoalValue, draw_goal
 from jepalab.objectives.worldmodel import LatentNorm, WorldModelObjective, encode_latents
 from jepalab.planning.base import Cost
 from jepalab.train.checkpoint import checkpoint_sha, load_checkpoint, read_manifest
@@ -125,7 +125,8 @@ def _finished(cfg: WorldModelConfig) -> Path | None:
 class LatentCache(torch.utils.data.Dataset):
     """A TransitionDataset with each frame replaced by its raw pooled latent, computed once:
     items {"obs": float [k+1, D], "actions", "states"}. Same windows; with `value`, each window
-    appears `value.goals` times, each with its own hindsight goal ("goals" [D], "goal_steps"),
+    appears `value.goals` times, each with its own hindsight goal ("goals" [D], "goal_steps";
+    `draw_goal`: from the window's episode or another of its layout among these episodes),
     drawn from a generator seeded by (seed, index), so a resumed run sees the same goals."""
 
     def __init__(self, base: Any, models: nn.ModuleDict, objective: WorldModelObjective,
@@ -144,7 +145,11 @@ class LatentCache(torch.utils.data.Dataset):
         for e in episodes:
             self.actions[e] = torch.from_numpy(store.series(e, "actions"))
             self.states[e] = torch.from_numpy(store.series(e, "states"))
-        ends = np.cumsum([len(self.states[e]) for e in episodes]).tolist()
+        self.lengths = {e: len(self.states[e]) for e in episodes}
+        layout = dict(zip(range(store.num_episodes), store.layout_ids().tolist()))
+        self.mates = {e: [m for m in episodes if layout[m] == layout[e] and m != e]
+                      for e in episodes} if value is not None and value.p_layout > 0 else {}
+        ends = np.cumsum(list(self.lengths.values())).tolist()
         z_all: Tensor | None = None
         self.z: dict[int, Tensor] = {}
         for e, end in zip(tqdm(episodes, desc="encode frames", unit="ep", disable=not progress),
@@ -168,15 +173,11 @@ class LatentCache(torch.utils.data.Dataset):
         item = {"obs": self.z[e][t : t + k + 1], "actions": self.actions[e][t : t + k],
                 "states": self.states[e][t : t + k + 1]}
         if self.value is not None:
-            goal = self._goal_frame(i, t, len(self.z[e]))
-            item["goals"] = self.z[e][goal]
-            item["goal_steps"] = torch.tensor(goal - t if goal >= t else -1)
+            ge, goal = draw_goal(np.random.default_rng((self.seed, i)), e, t, self.lengths,
+                                 self.mates.get(e, ()), self.value)
+            item["goals"] = self.z[ge][goal]
+            item["goal_steps"] = torch.tensor(goal - t if ge == e and goal >= t else -1)
         return item
-
-    def _goal_frame(self, i: int, t: int, frames: int) -> int:
-        v = cast(ValueConfig, self.value)
-        return hindsight_goal(np.random.default_rng((self.seed, i)), t, frames, v.gamma,
-                              v.p_current, v.p_future)
 
 
 def fit_latent_norm(
