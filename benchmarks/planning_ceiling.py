@@ -17,10 +17,13 @@ learns from, "exact-cover" from the same frames to goals drawn anywhere in the e
 the network, the planner nor TD is what is missing, but pairs of a start with a goal behind the
 wall that the offline data never holds. "quasimetric" learns the steps to go as a distance
 (`value.learning: quasimetric`) from the same data, goals drawn uniformly from the episode.
+`--layout-every K` collects the values' episodes K to a wall (the scene's `layout_every`), so
+with `--value-set p_layout=0.5` half the goals come from the layout's other episodes.
 
     python benchmarks/planning_ceiling.py [--episodes 20] [--value-steps 3000]
         [--only l1|path|learned|exact-pairs|exact-cover|quasimetric] [--value-policy mixture:0.5]
         [--value-data 300]   # episodes the values learn from; --value-policy tour:0.5: tours
+        [--layout-every 1] [--value-set p_layout=0.5]   # episodes sharing walls, their goals
         [--out runs/bench/planning_ceiling.json]
 """
 

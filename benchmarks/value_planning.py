@@ -80,26 +80,35 @@ def true_model(wm):
     return build
 
 
+def fresh_layouts(wm, count: int, first_seed: int):
+    """Fresh random-wall layouts (reset seeds first_seed + i): yields i, the scene and its
+    encoded goal frame."""
+    env = make("two-rooms", image_size=64, random_wall=True)
+    try:
+        for i in range(count):
+            env.reset(seed=first_seed + i)
+            u = env.unwrapped
+            with torch.inference_mode():
+                yield i, u, wm.encode(torch.from_numpy(np.asarray(u.render_goal()).copy())[None])
+    finally:
+        env.close()
+
+
 def value_vs_path(wm, episodes: int = 30, points: int = 40) -> dict[str, float]:
     """How well the learned value reads encoded frames: agents placed at random free points of
     fresh random-wall layouts, steps_to_go to the layout's goal frame vs the true shortest path
     (`TwoRoomsEnv.path_length` / max_step). Spearman per layout (mean) and mean |error|."""
-    env = make("two-rooms", image_size=64, random_wall=True)
-    u = env.unwrapped
     rhos, errors = [], []
-    for i in range(episodes):
-        env.reset(seed=2_000_000 + i)
+    for i, u, goal in fresh_layouts(wm, episodes, 2_000_000):
         rng = np.random.default_rng(i)
         pts = rng.uniform(0.05, 0.95, (points, 2))
         pts = pts[np.abs(pts[:, 0] - u.wall_x) > 0.06]
         frames = np.stack([u.set_agent(p)["pixels"] for p in pts])
         with torch.inference_mode():
-            goal = wm.encode(torch.from_numpy(np.asarray(u.render_goal()).copy())[None])
             d = wm.value.steps_to_go(wm.encode(torch.from_numpy(frames)), goal).numpy()
         true = u.path_length(pts) / u.max_step
         rhos.append(spearman(d, true))
         errors.append(float(np.abs(d - true).mean()))
-    env.close()
     return {"layouts": episodes, "spearman": float(np.mean(rhos)),
             "mean_abs_error_steps": float(np.mean(errors))}
 
@@ -109,11 +118,8 @@ def wall_push(wm, layouts: int = 40, steps: int = 8) -> dict[str, float]:
     the door, for `steps` steps: the scene does not move it, so the learned steps to go should
     not change. Agents 1 cm from the wall on the start's side of fresh layouts (goal behind the
     wall); the value read on the encoded start and on the world model's last predicted step."""
-    env = make("two-rooms", image_size=64, random_wall=True)
-    u = env.unwrapped
     start, after, moved = [], [], []
-    for i in range(layouts):
-        env.reset(seed=3_000_000 + i)
+    for _, u, goal in fresh_layouts(wm, layouts, 3_000_000):
         side = -1.0 if u.agent[0] < u.wall_x else 1.0
         ys = np.linspace(0.1, 0.9, 9)
         ys = ys[np.abs(ys - u.door_y) > 0.2]
@@ -123,12 +129,10 @@ def wall_push(wm, layouts: int = 40, steps: int = 8) -> dict[str, float]:
         actions[..., 0] = -side
         moved.append(np.abs(u.unroll(pts, actions)[:, -1] - pts).max(-1))
         with torch.inference_mode():
-            goal = wm.encode(torch.from_numpy(np.asarray(u.render_goal()).copy())[None])
             z0 = wm.encode(torch.from_numpy(np.stack([u.render_at(q) for q in pts])))
             z = wm.rollout(z0, torch.from_numpy(actions).float())[:, -1]
             start.append(wm.value.steps_to_go(z0, goal).numpy())
             after.append(wm.value.steps_to_go(z, goal).numpy())
-    env.close()
     d0, d1 = np.concatenate(start), np.concatenate(after)
     return {"pushes": len(d0), "steps": steps, "true_moved": float(np.concatenate(moved).mean()),
             "steps_to_go_start": float(d0.mean()), "steps_to_go_after": float(d1.mean()),
