@@ -104,6 +104,9 @@ def learn_value(steps: int, batch: int = 256, seed: int = 0, form: str = "mlp",
     if targets.startswith("exact") and v.p_layout > 0:
         raise SystemExit(f"{targets}: the exact steps are to the episode's own frames; "
                          "drop p_layout")
+    if v.p_layout > 0 and layout_every < 2:
+        raise SystemExit(f"p_layout={v.p_layout}: no two episodes share a wall; add "
+                         "--layout-every K (K > 1)")
     with tempfile.TemporaryDirectory() as tmp:
         store = TrajectoryStore.open(collect(
             "two-rooms", episodes, f"{tmp}/data", policy=policy, image_size=16, max_steps=64,

@@ -353,6 +353,9 @@ def test_value_trains_with_the_world_model_resumes_exactly_and_plans(tiny_inputs
         k = int(item["goal_steps"])
         if k >= 0:
             torch.testing.assert_close(item["goals"], cache.z[e][t + k])
+    with pytest.raises(JepalabError, match="p_layout=1.0: no two training episodes"):
+        LatentCache(base, models, WorldModelObjective(cfg, 2, 4), torch.device("cpu"),
+                    progress=False, value=cfg.value.model_copy(update={"p_layout": 1.0}))
     base.store.layout_ids = lambda: np.zeros(base.store.num_episodes, np.int64)  # one layout
     mates = LatentCache(base, models, WorldModelObjective(cfg, 2, 4), torch.device("cpu"),
                         progress=False, value=cfg.value.model_copy(update={"p_layout": 1.0}))

@@ -14,6 +14,7 @@ whose sha256 differs from the recorded one.
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
@@ -146,9 +147,16 @@ class LatentCache(torch.utils.data.Dataset):
             self.actions[e] = torch.from_numpy(store.series(e, "actions"))
             self.states[e] = torch.from_numpy(store.series(e, "states"))
         self.lengths = {e: len(self.states[e]) for e in episodes}
-        layout = dict(zip(range(store.num_episodes), store.layout_ids().tolist()))
-        self.mates = {e: [m for m in episodes if layout[m] == layout[e] and m != e]
-                      for e in episodes} if value is not None and value.p_layout > 0 else {}
+        self.mates: dict[int, list[int]] = {}
+        if value is not None and value.p_layout > 0:
+            layout, groups = store.layout_ids(), defaultdict(list)
+            for e in episodes:
+                groups[int(layout[e])].append(e)
+            self.mates = {e: [m for m in groups[int(layout[e])] if m != e] for e in episodes}
+            if not any(self.mates.values()):
+                raise JepalabError(
+                    f"value.p_layout={value.p_layout}: no two training episodes of "
+                    f"{store.path} share a layout (collect with the scene's layout_every > 1)")
         ends = np.cumsum(list(self.lengths.values())).tolist()
         z_all: Tensor | None = None
         self.z: dict[int, Tensor] = {}
