@@ -22,6 +22,7 @@ OUT (then their times cover only what was left).
         [--energies value value-true]             # plan with these energies only; value-true:
                                                   # the value with the scene's true dynamics
         [--value-set consistency=0.05 ...]        # any ValueConfig field
+        [--wm-set rollout_steps=8 ...]            # any WorldModelConfig field
         [--plan-set planner.samples=256 ...]      # any ControllerConfig field of the planning
 """
 
@@ -162,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
                    default=["l1", "value"], help="plan with these energies")
     p.add_argument("--value-set", action="append", default=[], metavar="KEY=VALUE",
                    help="set a ValueConfig field (consistency=0.05), after --value-learning")
+    p.add_argument("--wm-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="set a WorldModelConfig field (rollout_steps=8), after the --wm-* flags")
     p.add_argument("--plan-set", action="append", default=[], metavar="KEY=VALUE",
                    help="set a ControllerConfig field (planner.horizon=16, replan_every=1)")
     p.add_argument("--out", default=None)
@@ -197,7 +200,8 @@ def main(argv: list[str] | None = None) -> int:
         f"--encoder={enc}", f"--data.path={data}", f"--out_dir={out / 'worldmodel'}",
         *(f"--value.{k}={v}" for k, v in value.items()), f"--predictor.pool={args.pool}",
         f"--steps={args.wm_steps}", f"--batch_size={args.wm_batch}",
-        f"--predictor.dim={args.wm_dim}", f"--predictor.depth={args.wm_depth}"]), resume=True)
+        f"--predictor.dim={args.wm_dim}", f"--predictor.depth={args.wm_depth}",
+        *(f"--{kv}" for kv in args.wm_set)]), resume=True)
     times["worldmodel+value"] = time.perf_counter() - t
     wm = load_world_model(wm_path)
     reading = value_vs_path(wm)
@@ -244,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
         "objective": args.objective, "pool": args.pool, "wm_steps": args.wm_steps,
         "wm_batch": args.wm_batch, "wm_dim": args.wm_dim, "wm_depth": args.wm_depth,
         "value_form": value["form"], "value_learning": args.value_learning,
-        "value": value, "plan_set": args.plan_set,
+        "value": value, "wm_set": args.wm_set, "plan_set": args.plan_set,
         "episodes_collected": None if args.data else args.collect,
         "policy": None if args.data else args.policy,
         "layout_every": None if args.data else args.layout_every,
