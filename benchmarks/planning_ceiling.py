@@ -47,6 +47,7 @@ from jepalab.models.value import (
     QUASIMETRIC,
     GoalValue,
     draw_goal,
+    layout_mates,
     quasimetric_loss,
     steps_value,
     value_loss,
@@ -113,9 +114,7 @@ def learn_value(steps: int, batch: int = 256, seed: int = 0, form: str = "mlp",
             progress=False, scene_kwargs={"random_wall": True, "terminate_on_success": False,
                                           "layout_every": layout_every}))
         states = np.stack([store.series(e, "states") for e in range(store.num_episodes)])
-        layout = store.layout_ids()
-    mates = [np.flatnonzero((layout == layout[e]) & (np.arange(len(layout)) != e))
-             for e in range(len(layout))]
+        mates = layout_mates(store.layout_ids(), range(store.num_episodes))
     rng, (n_eps, frames) = np.random.default_rng(seed), states.shape[:2]
     if targets.startswith("exact"):  # goal points per episode and the exact steps to them
         goals = states[..., :2].copy()

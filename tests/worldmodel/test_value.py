@@ -12,7 +12,14 @@ import torch
 
 from jepalab.config import ValueConfig
 from jepalab.eval.downstream import spearman
-from jepalab.models.value import GoalValue, draw_goal, hindsight_goal, quasimetric_loss, value_loss
+from jepalab.models.value import (
+    GoalValue,
+    draw_goal,
+    hindsight_goal,
+    layout_mates,
+    quasimetric_loss,
+    value_loss,
+)
 from jepalab.objectives.jepa import ema_update
 
 
@@ -201,3 +208,9 @@ def test_draw_goal_takes_layout_mates_at_p_layout_and_else_the_hindsight_goal():
         assert draw_goal(np.random.default_rng(i), 0, 4, lengths, [], v) == (0, plain)
         assert draw_goal(np.random.default_rng(i), 0, 4, lengths, [1, 2], ValueConfig()) == (
             0, plain)
+
+
+def test_layout_mates_are_the_other_listed_episodes_of_a_layout():
+    layout = np.array([0, 0, 1, 0, 1, 2])
+    assert layout_mates(layout, [0, 1, 2, 3, 5]) == {0: [1, 3], 1: [0, 3], 2: [], 3: [0, 1],
+                                                     5: []}

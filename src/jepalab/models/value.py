@@ -52,6 +52,7 @@ Three forms of V (`ValueConfig.form`):
 from __future__ import annotations
 
 import math
+from collections import defaultdict
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -161,6 +162,15 @@ def quasimetric_loss(value: GoalValue, z: Tensor, z_next: Tensor, goal: Tensor,
     return loss, {"value_loss": float(loss.detach()), "value_push": float(push.detach()),
                   "value_violation": float(violation.detach()),
                   "value_mean": float(steps_value(far.detach(), value.gamma).mean())}
+
+
+def layout_mates(layout: np.ndarray, episodes: Sequence[int]) -> dict[int, list[int]]:
+    """Per episode e of `episodes`, the others of `episodes` whose layout id (layout[e],
+    `TrajectoryStore.layout_ids`) is e's: the `mates` of `draw_goal`."""
+    groups: dict[int, list[int]] = defaultdict(list)
+    for e in episodes:
+        groups[int(layout[e])].append(e)
+    return {e: [m for m in groups[int(layout[e])] if m != e] for e in episodes}
 
 
 def draw_goal(rng: np.random.Generator, e: int, t: int, lengths: Sequence[int],

@@ -14,7 +14,6 @@ whose sha256 differs from the recorded one.
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
@@ -27,7 +26,7 @@ from jepalab.config import ValueConfig, WorldModelConfig, build, same_config, st
 from jepalab.errors import JepalabError
 from jepalab.models.ac_predictor import ACPredictor, build_predictor
 from jepalab.models.build import FrozenEncoder, load_encoder, normalize_pixels
-from jepalab.models.value import GoalValue, draw_goal
+from jepalab.models.value import GoalValue, draw_goal, layout_mates
 from jepalab.objectives.worldmodel import LatentNorm, WorldModelObjective, encode_latents
 from jepalab.planning.base import Cost
 from jepalab.train.checkpoint import checkpoint_sha, load_checkpoint, read_manifest
@@ -149,10 +148,7 @@ class LatentCache(torch.utils.data.Dataset):
         self.lengths = {e: len(self.states[e]) for e in episodes}
         self.mates: dict[int, list[int]] = {}
         if value is not None and value.p_layout > 0:
-            layout, groups = store.layout_ids(), defaultdict(list)
-            for e in episodes:
-                groups[int(layout[e])].append(e)
-            self.mates = {e: [m for m in groups[int(layout[e])] if m != e] for e in episodes}
+            self.mates = layout_mates(store.layout_ids(), episodes)
             if not any(self.mates.values()):
                 raise JepalabError(
                     f"value.p_layout={value.p_layout}: no two training episodes of "
