@@ -24,17 +24,24 @@ OUT (then their times cover only what was left).
         [--value-set consistency=0.05 ...]        # any ValueConfig field
         [--wm-set rollout_steps=8 ...]            # any WorldModelConfig field
         [--plan-set planner.samples=256 ...]      # any ControllerConfig field of the planning
+        [--on-policy 200]                         # then MPC with that world model on N fresh
+                                                  # layouts, and a second world model trained
+                                                  # on the data plus those episodes
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 import time
 from pathlib import Path
 
+import gymnasium as gym
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from jepalab.config import (
     VALUE_FORMS,
@@ -50,11 +57,13 @@ from jepalab.config import (
     read_yaml,
 )
 from jepalab.data.collect import collect
+from jepalab.data.store import Episode, TrajectoryStore
 from jepalab.envs import make
-from jepalab.eval.control import run_episodes, summarize
+from jepalab.eval.control import planner_config, run_episodes, summarize
 from jepalab.eval.downstream import spearman
 from jepalab.io import atomic_write_json, git_info, now_iso
 from jepalab.models.value import QUASIMETRIC
+from jepalab.planning.mpc import run_episode
 from jepalab.train.loop import pretrain
 from jepalab.train.worldmodel import load_world_model, train_worldmodel
 
@@ -140,6 +149,85 @@ def wall_push(wm, layouts: int = 40, steps: int = 8) -> dict[str, float]:
             "predicted_progress_steps": float((d0 - d1).mean())}
 
 
+def endings(rows) -> dict[str, int]:
+    """Where two-rooms MPC episodes (`run_episodes` rows) ended: at the goal, in the start's
+    room pressed against the wall (within 1 cm of touching it), elsewhere in the start's room,
+    or in the goal's room short of the goal."""
+    env = make("two-rooms", image_size=16, random_wall=True)
+    out = dict.fromkeys(["reached", "start room, at the wall", "start room, elsewhere",
+                         "goal room, short"], 0)
+    for r in rows:
+        env.reset(seed=r.reset_seed)
+        u, (x, _, wall, _) = env.unwrapped, r.final_state
+        touch = u.wall_thickness / 2 + u.agent_radius + 0.01
+        if r.success:
+            out["reached"] += 1
+        elif (x < wall) == (u.agent[0] < wall):  # u.agent: the start after the reset
+            out["start room, at the wall" if abs(x - wall) <= touch
+                else "start room, elsewhere"] += 1
+        else:
+            out["goal room, short"] += 1
+    env.close()
+    return out
+
+
+class Recorder(gym.Wrapper):
+    """Records every reset and step of the env it wraps as a dataset `Episode`."""
+
+    def reset(self, **kwargs):
+        obs, info = self.env.reset(**kwargs)
+        self.seed, self.rows = kwargs["seed"], [(obs, info)]
+        self.actions: list[np.ndarray] = []
+        return obs, info
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        self.rows.append((obs, info))
+        self.actions.append(np.asarray(action, np.float32))
+        return obs, reward, terminated, truncated, info
+
+    def episode(self, policy: str) -> Episode:
+        obs, info = zip(*self.rows)
+        return Episode(np.stack([o["pixels"] for o in obs]), np.stack(self.actions),
+                       np.stack([o["state"] for o in obs]),
+                       np.array([i["is_success"] for i in info], bool),
+                       np.array([i["distance"] for i in info], np.float32), int(self.seed),
+                       bool(info[-1]["is_success"]), policy)
+
+
+def on_policy(wm, data: str | Path, count: int, out: Path, ctrl: ControllerConfig) -> Path:
+    """The world model's own mistakes as data (DAgger for a model): MPC with `wm` and `ctrl` on
+    `count` fresh layouts of the data's scene (the reset seeds after the data's, so its
+    `layout_every` groups them too), appended as episodes of policy "mpc" to a copy of the data
+    (its chunks hard-linked: a store only ever adds files). Resumes from what `out` holds."""
+    if not (out / "manifest.json").exists():
+        tmp = out.with_name(out.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(data, tmp, copy_function=os.link)
+        tmp.rename(out)
+    store = TrajectoryStore.open(out)
+    meta = store.meta["scene_config"]
+    every = int(meta["scene_kwargs"].get("layout_every", 1))
+    ours = [s for s, p in zip(store.episode_seeds, store.manifest["episodes"]["policy"])
+            if p == "mpc"]
+    first = ((max(set(store.episode_seeds) - set(ours)) // every) + 1) * every
+    env = Recorder(make("two-rooms", image_size=meta["image_size"], **meta["scene_kwargs"]))
+    cfg, energy = planner_config(ctrl, env.action_space), wm.value_energy(ctrl.weights)
+    batch: list[Episode] = []
+    for seed in tqdm(range(first + len(ours), first + count), desc="on-policy", unit="ep"):
+        obs, _ = env.reset(seed=seed)
+        with torch.inference_mode():
+            run_episode(env, wm.encode, wm.unroll_from, cfg, torch.Generator().manual_seed(seed),
+                        replan_every=ctrl.replan_every, max_steps=ctrl.max_steps, obs=obs,
+                        energy=energy)
+        batch.append(env.episode("mpc"))
+        if len(batch) == 20 or seed == first + count - 1:
+            store.append_episodes(batch)
+            batch = []
+    env.close()
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--objective", default="jepa", help="pretraining objective of the encoder")
@@ -167,6 +255,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="set a WorldModelConfig field (rollout_steps=8), after the --wm-* flags")
     p.add_argument("--plan-set", action="append", default=[], metavar="KEY=VALUE",
                    help="set a ControllerConfig field (planner.horizon=16, replan_every=1)")
+    p.add_argument("--on-policy", type=int, default=0, metavar="N",
+                   help="MPC on N fresh layouts with the world model, then a second world model "
+                        "on the data plus them (planned with)")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
     # Every ValueConfig field is set here, so the rows do not depend on the demo's own value.
@@ -195,34 +286,52 @@ def main(argv: list[str] | None = None) -> int:
         f"--objective.name={args.objective}", *mask])), source=str(DEMO / "pretrain.yaml")),
         resume=True)
     times["pretrain"] = time.perf_counter() - t
+
+    def world_model(data: str | Path, where: Path) -> Path:
+        return train_worldmodel(load(WorldModelConfig, DEMO / "worldmodel.yaml", [
+            f"--encoder={enc}", f"--data.path={data}", f"--out_dir={where}",
+            *(f"--value.{k}={v}" for k, v in value.items()), f"--predictor.pool={args.pool}",
+            f"--steps={args.wm_steps}", f"--batch_size={args.wm_batch}",
+            f"--predictor.dim={args.wm_dim}", f"--predictor.depth={args.wm_depth}",
+            *(f"--{kv}" for kv in args.wm_set)]), resume=True)
+
+    def controller(metric: str, weights: str, extra: list[str]) -> ControllerConfig:
+        return build(ControllerConfig, merge(
+            {"planner": {"method": "cem", "horizon": 8, "samples": 128, "iterations": 3,
+                         "elites": 16}, "replan_every": 2, "max_steps": 64,
+             "metric": metric, "weights": weights},
+            parse_overrides([f"--{kv}" for kv in extra])), source="--plan-set")
+
     t = time.perf_counter()
-    wm_path = train_worldmodel(load(WorldModelConfig, DEMO / "worldmodel.yaml", [
-        f"--encoder={enc}", f"--data.path={data}", f"--out_dir={out / 'worldmodel'}",
-        *(f"--value.{k}={v}" for k, v in value.items()), f"--predictor.pool={args.pool}",
-        f"--steps={args.wm_steps}", f"--batch_size={args.wm_batch}",
-        f"--predictor.dim={args.wm_dim}", f"--predictor.depth={args.wm_depth}",
-        *(f"--{kv}" for kv in args.wm_set)]), resume=True)
+    wm_path = world_model(data, out / "worldmodel")
     times["worldmodel+value"] = time.perf_counter() - t
+    if args.on_policy:  # a cheaper search collects: 64 samples x 2 iterations
+        t = time.perf_counter()
+        data = on_policy(load_world_model(wm_path), data, args.on_policy, out / "data+mpc",
+                         controller("value", "final", ["planner.samples=64",
+                                                       "planner.iterations=2",
+                                                       "planner.elites=8"]))
+        times["on-policy episodes"] = time.perf_counter() - t
+        t = time.perf_counter()
+        wm_path = world_model(data, out / "worldmodel+mpc")
+        times["worldmodel+value on data+mpc"] = time.perf_counter() - t
     wm = load_world_model(wm_path)
     reading = value_vs_path(wm)
     wall = wall_push(wm)
-    last = json.loads((out / "worldmodel" / "metrics.jsonl").read_text().splitlines()[-1])
+    last = json.loads((wm_path.parents[1] / "metrics.jsonl").read_text().splitlines()[-1])
     fit = {k: last[k] for k in ("tf_loss", "rollout_loss", "copy_loss")}  # final step's batch
 
     seeds = [1_000_000 + e for e in range(args.episodes)]
     scene = SceneConfig(name="two-rooms", kwargs={"random_wall": True})
     rows = []
     for row, metric, weights in (e for e in ENERGIES if e[0] in args.energies):
-        ctrl = build(ControllerConfig, merge(
-            {"planner": {"method": "cem", "horizon": 8, "samples": 128, "iterations": 3,
-                         "elites": 16}, "replan_every": 2, "max_steps": 64,
-             "metric": metric, "weights": weights},
-            parse_overrides([f"--{kv}" for kv in args.plan_set])), source="--plan-set")
+        ctrl = controller(metric, weights, args.plan_set)
         t = time.perf_counter()
         model = true_model(wm) if row == "value-true" else None
-        s = summarize(run_episodes(wm, scene, ctrl, seeds, model=model))
+        eps = run_episodes(wm, scene, ctrl, seeds, model=model)
         times[f"plan {row}"] = time.perf_counter() - t
-        rows.append({"energy": row, "weights": ctrl.weights, **s})
+        rows.append({"energy": row, "weights": ctrl.weights, **summarize(eps),
+                     "endings": endings(eps)})
 
     print(f"\ntwo-rooms (random wall), encoder objective {args.objective}, {args.episodes} "
           f"episodes per energy (same reset seeds); stages (s): "
@@ -243,6 +352,9 @@ def main(argv: list[str] | None = None) -> int:
         lo, hi = r["success_ci95"]
         print(f"| {r['energy']} ({r['weights']}) | {r['success_rate']:.0%} [{lo:.0%}, {hi:.0%}] | "
               f"{r['final_distance']:.3f} | {r['plan_time_per_episode_s']:.1f} s |")
+    for r in rows:
+        print(f"{r['energy']}: episodes ended " + ", ".join(
+            f"{k} {v}" for k, v in r["endings"].items()))
     atomic_write_json(out / "value_planning.json", {
         "benchmark": "value_planning", "created": now_iso(), "git": git_info(),
         "objective": args.objective, "pool": args.pool, "wm_steps": args.wm_steps,
@@ -252,6 +364,7 @@ def main(argv: list[str] | None = None) -> int:
         "episodes_collected": None if args.data else args.collect,
         "policy": None if args.data else args.policy,
         "layout_every": None if args.data else args.layout_every,
+        "on_policy": args.on_policy,
         "encoder": str(enc), "world_model": str(wm_path),
         "seconds": times, "value_vs_path": reading, "wall_push": wall, "world_model_fit": fit,
         "rows": rows})

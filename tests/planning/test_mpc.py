@@ -54,6 +54,7 @@ def test_mpc_reaches_the_goal(method, replan_every):
     assert len(calls) == res.replans * 3 and set(calls) == {64}
     assert res.plan_time_per_step_s == pytest.approx(res.plan_time_s / res.steps)
     assert res.frames == [] and res.goal_frame.shape == (32, 32, 3)
+    assert res.final_state == pytest.approx(env.pos.tolist())  # the state it ended in
     json.dumps(res.to_dict())  # JSON-ready, no images
     assert "frames" not in res.to_dict()
 

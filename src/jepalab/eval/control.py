@@ -44,6 +44,7 @@ class EpisodeRow:
     final_distance: float
     plan_time_s: float
     plan_time_per_step_s: float
+    final_state: list[float]  # the scene's state after the last step
 
 
 def run_episodes(world_model: Any, scene: SceneConfig, ctrl: ControllerConfig, seeds: list[int],
@@ -78,7 +79,7 @@ def run_episodes(world_model: Any, scene: SceneConfig, ctrl: ControllerConfig, s
             save_frames(frames_path, [*res.frames, res.goal_frame])
         rows.append(EpisodeRow(i, seed, bool(res.success), int(res.steps),
                                float(res.final_distance), float(res.plan_time_s),
-                               float(res.plan_time_per_step_s)))
+                               float(res.plan_time_per_step_s), res.final_state))
         bar.set_postfix(success=f"{np.mean([r.success for r in rows]):.2f}")
     env.close()
     return rows

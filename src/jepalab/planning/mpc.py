@@ -44,6 +44,7 @@ class EpisodeResult:
     over env steps, so replan_every=k divides it by about k); replans: plan calls made.
     energies: final energy of each plan, in order.  frames: uint8 [H, W, 3] observations, the
     start frame first (only with record_frames).  goal_frame: the goal image.
+    final_state: the observation's "state" after the last step (empty if it has none).
     """
 
     success: bool
@@ -55,6 +56,7 @@ class EpisodeResult:
     energies: list[float]
     frames: list[np.ndarray] = field(default_factory=list, repr=False)
     goal_frame: np.ndarray | None = field(default=None, repr=False)
+    final_state: list[float] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary (no images)."""
@@ -114,6 +116,7 @@ def run_episode(
     frames = [pixels] if record_frames else []
     energies: list[float] = []
     plan_time, steps, success, distance = 0.0, 0, False, float("nan")
+    final_state: list[float] = []
     prev: Tensor | None = None
     queue: list[np.ndarray] = []
     while steps < limit:
@@ -132,6 +135,7 @@ def run_episode(
         if record_frames:
             frames.append(pixels)
         success, distance = bool(info["is_success"]), float(info["distance"])
+        final_state = np.asarray(ob.get("state", ()), np.float64).ravel().tolist()
         if success or terminated or truncated:
             break
     return EpisodeResult(
@@ -144,6 +148,7 @@ def run_episode(
         energies=energies,
         frames=frames,
         goal_frame=goal_frame,
+        final_state=final_state,
     )
 
 
