@@ -39,7 +39,6 @@ import shutil
 import time
 from pathlib import Path
 
-import gymnasium as gym
 import numpy as np
 import torch
 from tqdm import tqdm
@@ -57,7 +56,7 @@ from jepalab.config import (
     parse_overrides,
     read_yaml,
 )
-from jepalab.data.collect import collect
+from jepalab.data.collect import Recorder, collect
 from jepalab.data.store import Episode, TrajectoryStore
 from jepalab.envs import make
 from jepalab.eval.control import planner_config, run_episodes, summarize
@@ -172,30 +171,6 @@ def endings(rows) -> dict[str, int]:
     return out
 
 
-class Recorder(gym.Wrapper):
-    """Records every reset and step of the env it wraps as a dataset `Episode`."""
-
-    def reset(self, **kwargs):
-        obs, info = self.env.reset(**kwargs)
-        self.seed, self.rows = kwargs["seed"], [(obs, info)]
-        self.actions: list[np.ndarray] = []
-        return obs, info
-
-    def step(self, action):
-        obs, reward, terminated, truncated, info = self.env.step(action)
-        self.rows.append((obs, info))
-        self.actions.append(np.asarray(action, np.float32))
-        return obs, reward, terminated, truncated, info
-
-    def episode(self, policy: str) -> Episode:
-        obs, info = zip(*self.rows)
-        return Episode(np.stack([o["pixels"] for o in obs]), np.stack(self.actions),
-                       np.stack([o["state"] for o in obs]),
-                       np.array([i["is_success"] for i in info], bool),
-                       np.array([i["distance"] for i in info], np.float32), int(self.seed),
-                       bool(info[-1]["is_success"]), policy)
-
-
 def on_policy(wm, data: str | Path, count: int, out: Path, ctrl: ControllerConfig) -> Path:
     """The world model's own mistakes as data (DAgger for a model): MPC with `wm` and `ctrl` on
     `count` fresh layouts of the data's scene (the reset seeds after the data's, so its
@@ -218,10 +193,10 @@ def on_policy(wm, data: str | Path, count: int, out: Path, ctrl: ControllerConfi
     for seed in tqdm(range(first + len(ours), first + count), desc="on-policy", unit="ep"):
         obs, _ = env.reset(seed=seed)
         with torch.inference_mode():
-            run_episode(env, wm.encode, wm.unroll_from, cfg, torch.Generator().manual_seed(seed),
-                        replan_every=ctrl.replan_every, max_steps=ctrl.max_steps, obs=obs,
-                        energy=energy)
-        batch.append(env.episode("mpc"))
+            res = run_episode(env, wm.encode, wm.unroll_from, cfg,
+                              torch.Generator().manual_seed(seed), replan_every=ctrl.replan_every,
+                              max_steps=ctrl.max_steps, obs=obs, energy=energy)
+        batch.append(env.episode("mpc", terminated=res.success))
         if len(batch) == 20 or seed == first + count - 1:
             store.append_episodes(batch)
             batch = []

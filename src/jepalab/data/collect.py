@@ -68,38 +68,53 @@ class Job:
         return env, make_policy(self.policy, space)
 
 
+class Recorder(gym.Wrapper):
+    """Records every reset and step of the env it wraps; `episode` returns them as a dataset
+    `Episode` (collection's episodes, and any other driver's, e.g. an MPC loop's)."""
+
+    def reset(self, **kwargs: Any) -> tuple[Any, dict[str, Any]]:
+        obs, info = self.env.reset(**kwargs)
+        self.seed, self.rows = int(kwargs["seed"]), [(obs, info)]
+        self.actions: list[np.ndarray] = []
+        self.terminated = False
+        return obs, info
+
+    def step(self, action: Any) -> tuple[Any, Any, bool, bool, dict[str, Any]]:
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        self.rows.append((obs, info))
+        self.actions.append(np.asarray(action, np.float32))
+        self.terminated = bool(terminated)
+        return obs, reward, terminated, truncated, info
+
+    def episode(self, policy: str, terminated: bool | None = None) -> Episode:
+        """The recorded episode; `terminated` defaults to the env's flag at the last step."""
+        obs, info = zip(*self.rows)
+        a_dim = int(np.prod(self.action_space.shape or (1,)))
+        return Episode(
+            frames=np.stack([o["pixels"] for o in obs]).astype(np.uint8, copy=False),
+            actions=np.stack(self.actions) if self.actions else np.zeros((0, a_dim), np.float32),
+            states=np.stack([o["state"] for o in obs]).astype(np.float32, copy=False),
+            success=np.asarray([i["is_success"] for i in info], bool),
+            distance=np.asarray([i["distance"] for i in info], np.float32),
+            seed=self.seed,
+            terminated=self.terminated if terminated is None else bool(terminated),
+            policy=policy,
+        )
+
+
 def run_episode(
     env: gym.Env, policy: Policy, reset_seed: int, max_steps: int | None = None
 ) -> Episode:
     """Roll out one episode until terminated, truncated or ``max_steps`` actions."""
     rng = policy_rng(reset_seed)
-    obs, info = env.reset(seed=int(reset_seed))
+    rec = Recorder(env)
+    obs, _ = rec.reset(seed=int(reset_seed))
     policy.reset(rng)
-    frames, states = [obs["pixels"]], [obs["state"]]
-    success, distance = [bool(info["is_success"])], [float(info["distance"])]
-    actions: list[np.ndarray] = []
-    terminated = False
-    while max_steps is None or len(actions) < max_steps:
-        a = policy.act(env, obs, rng)
-        obs, _, terminated, truncated, info = env.step(a)
-        actions.append(np.asarray(a, np.float32))
-        frames.append(obs["pixels"])
-        states.append(obs["state"])
-        success.append(bool(info["is_success"]))
-        distance.append(float(info["distance"]))
+    while max_steps is None or len(rec.actions) < max_steps:
+        obs, _, terminated, truncated, _ = rec.step(policy.act(env, obs, rng))
         if terminated or truncated:
             break
-    a_dim = int(np.prod(env.action_space.shape or (1,)))
-    return Episode(
-        frames=np.stack(frames).astype(np.uint8, copy=False),
-        actions=np.stack(actions) if actions else np.zeros((0, a_dim), np.float32),
-        states=np.stack(states).astype(np.float32, copy=False),
-        success=np.asarray(success, bool),
-        distance=np.asarray(distance, np.float32),
-        seed=int(reset_seed),
-        terminated=bool(terminated),
-        policy=policy.mode,
-    )
+    return rec.episode(policy.mode)
 
 
 # One env + policy per worker process, built once by the pool initializer.

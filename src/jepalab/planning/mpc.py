@@ -116,7 +116,7 @@ def run_episode(
     frames = [pixels] if record_frames else []
     energies: list[float] = []
     plan_time, steps, success, distance = 0.0, 0, False, float("nan")
-    final_state: list[float] = []
+    ob: dict[str, Any] = {}
     prev: Tensor | None = None
     queue: list[np.ndarray] = []
     while steps < limit:
@@ -135,7 +135,6 @@ def run_episode(
         if record_frames:
             frames.append(pixels)
         success, distance = bool(info["is_success"]), float(info["distance"])
-        final_state = np.asarray(ob.get("state", ()), np.float64).ravel().tolist()
         if success or terminated or truncated:
             break
     return EpisodeResult(
@@ -148,7 +147,7 @@ def run_episode(
         energies=energies,
         frames=frames,
         goal_frame=goal_frame,
-        final_state=final_state,
+        final_state=np.asarray(ob.get("state", ()), np.float64).ravel().tolist(),
     )
 
 
