@@ -320,16 +320,21 @@ class TransitionDataConfig(Config):
 
 
 class PredictorConfig(Config):
-    arch: Literal["transformer", "mlp"] = "mlp"
+    arch: Literal["transformer", "mlp", "conv"] = "mlp"
     depth: int = Field(4, ge=1)
     dim: int = Field(256, ge=8)
     heads: int = Field(4, ge=1)
     use_state: bool = Field(False, description="add a proprioceptive/state token per frame")
-    pool: int = Field(1, ge=1, description="mlp: average tokens onto a pool x pool grid (1: one "
-                      "mean vector); a coarse grid keeps where things are")
+    pool: int = Field(1, ge=1, description="mlp, conv: average tokens onto a pool x pool grid "
+                      "(1: one mean vector); a coarse grid keeps where things are")
+
+    @property
+    def pooled(self) -> bool:
+        """Whether the predictor works on pooled latents [D * pool^2] (else on tokens [N, D])."""
+        return self.arch != "transformer"
 
     def latent_dim(self, embed_dim: int) -> int:
-        return embed_dim * self.pool**2 if self.arch == "mlp" else embed_dim
+        return embed_dim * self.pool**2 if self.pooled else embed_dim
 
 
 ValueForm = Literal["diff", "mlp", "metric"]  # `jepalab.models.value` says what each is
@@ -370,6 +375,9 @@ class ValueConfig(Config):
     p_layout: float = Field(
         0.0, ge=0.0, le=1.0, description="goal = any frame of another episode of the same "
         "layout (data collected with the scene's layout_every > 1), before the draws above")
+    pool: int | None = Field(
+        None, ge=1, description="read the latents averaged onto a pool x pool grid, coarser "
+        "than the predictor's (None: the predictor's grid as it is)")
 
     @model_validator(mode="after")
     def _probabilities(self) -> ValueConfig:
@@ -394,13 +402,16 @@ class WorldModelConfig(TrainConfig):
     rollout_steps: int = Field(2, ge=1, description="k of the k-step autoregressive loss")
     loss: Literal["l1", "l2", "smooth_l1"] = "l1"
     rollout_weight: float = Field(1.0, ge=0.0)
-    value: ValueConfig | None = Field(None, description="also learn a cost-to-go (mlp only)")
+    value: ValueConfig | None = Field(None, description="also learn a cost-to-go (pooled only)")
 
     @model_validator(mode="after")
     def _value_needs_pooled(self) -> WorldModelConfig:
-        if self.value is not None and self.predictor.arch != "mlp":
-            raise ValueError("value: needs predictor.arch 'mlp' (a value over pooled latents), "
+        if self.value is not None and not self.predictor.pooled:
+            raise ValueError("value: needs pooled latents (predictor.arch 'mlp' or 'conv'), "
                              f"got {self.predictor.arch!r}")
+        if self.value is not None and self.value.pool and self.predictor.pool % self.value.pool:
+            raise ValueError(f"value.pool={self.value.pool} must divide predictor.pool="
+                             f"{self.predictor.pool} (the value reads a coarser grid)")
         return self
 
 

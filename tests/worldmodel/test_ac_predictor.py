@@ -6,7 +6,13 @@ import pytest
 import torch
 
 from jepalab.config import PredictorConfig
-from jepalab.models.ac_predictor import ACMLP, ACTransformer, block_causal_mask, build_predictor
+from jepalab.models.ac_predictor import (
+    ACMLP,
+    ACConv,
+    ACTransformer,
+    block_causal_mask,
+    build_predictor,
+)
 
 D, A, S, GRID = 8, 2, 3, (2, 2)
 
@@ -67,6 +73,28 @@ def test_shapes_of_both_predictors():
     assert zr.shape == (5, 2, D) and sr.shape == (5, 2, S)
     # a planner-sized batch in one call
     assert m.rollout(torch.randn(512, D), torch.randn(512, 10, A)).shape == (512, 10, D)
+    c = ACConv(D * 4, A, 2, S, width=16, depth=2)
+    zr, sr = c.rollout_states(torch.randn(5, D * 4), torch.randn(5, 3, A), s[:, 0])
+    assert zr.shape == (5, 3, D * 4) and sr.shape == (5, 3, S)
+
+
+def test_conv_reads_the_pooled_grid_locally():
+    """A change in one cell of the D-major flattened grid reaches only cells within the
+    receptive field (depth + 1 convolutions of 3 x 3): the flat latent is laid out as the grid
+    `encode_latents` pools."""
+    torch.manual_seed(0)
+    side, depth = 6, 1  # two 3 x 3 convolutions: a cell sees 2 cells away
+    model = ACConv(D * side * side, A, side, width=16, depth=depth).eval()
+    z, a = torch.randn(1, 1, D * side * side), torch.randn(1, 1, A)
+    z2 = z.clone().view(1, 1, D, side, side)
+    z2[..., 0, 0] += 3.0  # the top-left cell, every channel
+    diff = (model.predict(z2.view(1, 1, -1), a) - model.predict(z, a)).view(D, side, side)
+    changed = diff.abs().amax(0) > 1e-6
+    near = torch.zeros(side, side, dtype=torch.bool)
+    near[:3, :3] = True
+    assert torch.equal(changed, near), changed
+    with pytest.raises(ValueError, match="not D"):
+        ACConv(D * 4 + 1, A, 2)
 
 
 def test_bad_inputs_are_refused():
@@ -143,6 +171,9 @@ def test_transformer_overfits_linear_latent_dynamics():
 def test_build_predictor_by_arch():
     mlp = build_predictor(PredictorConfig(arch="mlp", dim=16, depth=1), D, GRID, A, S, 2)
     assert isinstance(mlp, ACMLP) and mlp.state_dim == 0
+    conv = build_predictor(PredictorConfig(arch="conv", dim=16, depth=1, pool=2), D * 4, GRID,
+                           A, S, 2)
+    assert isinstance(conv, ACConv) and conv.side == 2 and conv.channels == D
     tr = build_predictor(
         PredictorConfig(arch="transformer", dim=16, depth=1, heads=2, use_state=True),
         D,

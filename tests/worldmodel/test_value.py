@@ -214,3 +214,33 @@ def test_layout_mates_are_the_other_listed_episodes_of_a_layout():
     layout = np.array([0, 0, 1, 0, 1, 2])
     assert layout_mates(layout, [0, 1, 2, 3, 5]) == {0: [1, 3], 1: [0, 3], 2: [], 3: [0, 1],
                                                      5: []}
+
+
+def test_the_value_reads_a_coarser_grid_than_the_predictor():
+    """value.pool: the latents pooled on the predictor's 4 x 4 grid, averaged onto 2 x 2, are
+    the latents pooled on 2 x 2 directly; the value's network reads those."""
+    from jepalab.config import WorldModelConfig
+    from jepalab.models.value import GridPool
+    from jepalab.models.vit import vit
+    from jepalab.objectives.worldmodel import encode_latents
+
+    torch.manual_seed(0)
+    enc = vit("micro", img_size=32, patch_size=8, depth=1).eval()  # a 4 x 4 token grid
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        fine, coarse = encode_latents(enc, x, 4), encode_latents(enc, x, 2)
+        torch.testing.assert_close(GridPool(4, 2)(fine), coarse)
+        torch.testing.assert_close(GridPool(4, 2)(fine[None])[0], coarse)  # any leading dims
+        cfg = ValueConfig(pool=2, **QUASIMETRIC_FIELDS)
+        value = GoalValue.from_config(fine.shape[-1], cfg, side=4)
+        plain = GoalValue.from_config(coarse.shape[-1], ValueConfig(**QUASIMETRIC_FIELDS))
+        plain.net.load_state_dict(value.net.state_dict())
+        torch.testing.assert_close(value.distance(fine[:2], fine[2:]),
+                                   plain.distance(coarse[:2], coarse[2:]))
+    assert isinstance(GoalValue.from_config(8, ValueConfig(pool=2), side=2).view, torch.nn.Identity)
+    with pytest.raises(ValueError, match="must divide predictor.pool=4"):
+        WorldModelConfig(encoder="e", data={"path": "d"}, value={"pool": 3},
+                         predictor={"arch": "conv", "pool": 4})
+
+
+QUASIMETRIC_FIELDS = {"form": "metric", "learning": "quasimetric"}

@@ -19,7 +19,8 @@ def _cfg(arch: str, k: int, use_state: bool = False, **kw) -> WorldModelConfig:
         encoder="unused",
         data={"path": "unused"},
         rollout_steps=k,
-        predictor={"arch": arch, "dim": 16, "depth": 1, "heads": 2, "use_state": use_state},
+        predictor={"arch": arch, "dim": 16, "depth": 1, "heads": 2, "use_state": use_state,
+                   "pool": 2 if arch == "conv" else 1},
         **kw,
     )
 
@@ -41,7 +42,9 @@ def _setup(arch: str, k: int, use_state: bool = False, **kw):
 
 
 @pytest.mark.parametrize(
-    "arch,use_state", [("mlp", False), ("transformer", False), ("mlp", True), ("transformer", True)]
+    "arch,use_state",
+    [("mlp", False), ("transformer", False), ("conv", False), ("mlp", True), ("transformer", True),
+     ("conv", True)],
 )
 def test_rollout_loss_equals_teacher_forcing_when_k_is_1(arch, use_state):
     obj, models, batch = _setup(arch, 1, use_state)
@@ -51,7 +54,7 @@ def test_rollout_loss_equals_teacher_forcing_when_k_is_1(arch, use_state):
     assert float(loss.detach()) == pytest.approx(2 * m["tf_loss"], rel=1e-6)
 
 
-@pytest.mark.parametrize("arch", ["mlp", "transformer"])
+@pytest.mark.parametrize("arch", ["mlp", "transformer", "conv"])
 def test_k_step_loss_composition_and_frozen_encoder(arch):
     obj, models, batch = _setup(arch, 3, rollout_weight=0.5)
     loss, m = obj.loss(batch, models)

@@ -1,6 +1,6 @@
 """Action-conditioned latent predictors (V-JEPA 2-AC style) on top of a frozen encoder.
 
-Two models share one interface (`ACPredictor`):
+Three models share one interface (`ACPredictor`):
 
 - `ACTransformer` works on the encoder's latent tokens z [B, T, N, D]. Each frame becomes
   [action token, (state token), N patch tokens] at the predictor width, plus a frame-time and a
@@ -8,6 +8,10 @@ Two models share one interface (`ACPredictor`):
   outputs, at frame t's patch positions, the latent tokens of frame t+1.
 - `ACMLP` works on pooled latents z [B, T, D]: a residual MLP z_{t+1} = z_t + f([z_t, a_t, s_t]),
   applied per step (Markov, no attention across time). The fast CPU default.
+- `ACConv` works on the same pooled latents read as their p x p grid of D-dim cells: a residual
+  stack of 3 x 3 convolutions over [cell latent, action (, state)] per step. One local rule at
+  every cell: an agent meets a wall the same way wherever the wall is, which an MLP over the
+  flattened grid has to learn once per place.
 
 Both predict the change of the latent (residual output), so an untrained model is close to
 "nothing moves", and both can also take a proprioceptive state s_t (then they predict s_{t+1}
@@ -219,6 +223,42 @@ class ACMLP(ACPredictor):
         return z + out[..., :d], s_next
 
 
+class ACConv(ACPredictor):
+    """Residual 3 x 3 conv net on pooled latents z [B, T, D*p*p] (D-major, as `encode_latents`
+    flattens them) -> z + f(grid of z, with the action (and state) as channels at every cell) per
+    step. The next state is the state plus f's extra channels averaged over the grid."""
+
+    def __init__(self, latent_dim: int, action_dim: int, side: int, state_dim: int = 0,
+                 width: int = 64, depth: int = 3) -> None:
+        super().__init__()
+        if latent_dim % (side * side):
+            raise ValueError(f"ACConv: latent_dim {latent_dim} is not D * {side}^2")
+        self.latent_dim, self.action_dim, self.state_dim = latent_dim, action_dim, state_dim
+        self.side, self.channels, self.context = side, latent_dim // side**2, 1
+        layers: list[nn.Module] = []
+        c = self.channels + action_dim + state_dim
+        for _ in range(depth):
+            layers += [nn.Conv2d(c, width, 3, padding=1), nn.GELU()]
+            c = width
+        layers.append(nn.Conv2d(c, self.channels + state_dim, 3, padding=1))
+        self.net = nn.Sequential(*layers)
+
+    def forward(
+        self, z: Tensor, a: Tensor, s: Tensor | None = None
+    ) -> tuple[Tensor, Tensor | None]:
+        """z [B, T, D*p*p], a [B, T, A], s [B, T, S] -> (z_next, s_next | None), shaped alike."""
+        self._check_inputs(z, a, s, 1)
+        b, t, p = z.shape[0], z.shape[1], self.side
+        cells = [z.reshape(b * t, self.channels, p, p)]
+        for extra in [a] + ([s] if s is not None else []):
+            cells.append(extra.to(z.dtype).reshape(b * t, -1, 1, 1).expand(-1, -1, p, p))
+        out = self.net(torch.cat(cells, 1))
+        dz = out[:, : self.channels].reshape(b, t, -1)
+        if s is None:
+            return z + dz, None
+        return z + dz, s + out[:, self.channels :].mean((2, 3)).reshape(b, t, -1)
+
+
 def build_predictor(
     cfg: PredictorConfig,
     latent_dim: int,
@@ -227,12 +267,14 @@ def build_predictor(
     state_dim: int,
     context: int,
 ) -> ACPredictor:
-    """The predictor named by `cfg.arch` ('mlp': pooled latents; 'transformer': tokens).
+    """The predictor named by `cfg.arch` ('mlp', 'conv': pooled latents; 'transformer': tokens).
 
     state_dim is used only with cfg.use_state (else the model takes no state)."""
     sdim = state_dim if cfg.use_state else 0
     if cfg.arch == "mlp":
         return ACMLP(latent_dim, action_dim, sdim, width=cfg.dim, depth=cfg.depth)
+    if cfg.arch == "conv":
+        return ACConv(latent_dim, action_dim, cfg.pool, sdim, width=cfg.dim, depth=cfg.depth)
     if len(grid) != 2:
         raise ValueError(
             f"predictor.arch 'transformer' needs an image encoder (2-D token grid), got grid {grid}"

@@ -69,21 +69,40 @@ from jepalab.planning.base import Cost, check_weights, step_energy
 QUASIMETRIC = {"form": "metric", "learning": "quasimetric", "p_current": 0.0, "p_future": 0.0}
 
 
+class GridPool(nn.Module):
+    """Pooled latents on a side x side grid, flattened D-major as `encode_latents` does
+    [..., D * side^2] -> the same averaged onto a coarser to x to grid [..., D * to^2]."""
+
+    def __init__(self, side: int, to: int) -> None:
+        super().__init__()
+        if side % to:
+            raise ValueError(f"GridPool: a {side} x {side} grid does not pool onto {to} x {to}")
+        self.side, self.to = side, to
+
+    def forward(self, z: Tensor) -> Tensor:
+        grid = z.reshape(-1, z.shape[-1] // self.side**2, self.side, self.side)
+        return F.avg_pool2d(grid, self.side // self.to).reshape(*z.shape[:-1], -1)
+
+
 class GoalValue(nn.Module):
-    """V(z, g) <= 0 from latents z [..., D] and goals g [..., D] (broadcast)."""
+    """V(z, g) <= 0 from latents z [..., D] and goals g [..., D] (broadcast). With `view` (a
+    `GridPool`) the value reads both through it (a coarser grid than the predictor's)."""
 
     def __init__(self, latent_dim: int, hidden: int, depth: int, gamma: float,
-                 form: str = "diff", embed: int = 64) -> None:
+                 form: str = "diff", embed: int = 64, view: GridPool | None = None) -> None:
         super().__init__()
         if form not in VALUE_FORMS:
             raise ValueError(f"value form must be one of {VALUE_FORMS}, got {form!r}")
         self.latent_dim, self.gamma, self.form = latent_dim, float(gamma), form
-        self.net = (mlp(latent_dim, embed, hidden, depth) if form == "metric"
-                    else mlp(2 * latent_dim, 1, hidden, depth))
+        self.view = view if view is not None else nn.Identity()
+        d = latent_dim if view is None else latent_dim // view.side**2 * view.to**2
+        self.net = (mlp(d, embed, hidden, depth) if form == "metric"
+                    else mlp(2 * d, 1, hidden, depth))
 
     def forward(self, z: Tensor, g: Tensor) -> Tensor:
         z, g = torch.broadcast_tensors(z, g)
         if self.form != "metric":
+            z, g = self.view(z), self.view(g)
             x = torch.cat([z, g - z if self.form == "diff" else g], -1)
             return -F.softplus(self.net(x).squeeze(-1))
         return steps_value(self.distance(z, g), self.gamma)
@@ -92,11 +111,13 @@ class GoalValue(nn.Module):
         """Form "metric": the steps to go as a distance ||phi(z) - phi(g)||."""
         if self.form != "metric":
             raise ValueError(f"GoalValue.distance needs form 'metric', not {self.form!r}")
-        return ((self.net(z) - self.net(g)).square().sum(-1) + 1e-8).sqrt()
+        return ((self.net(self.view(z)) - self.net(self.view(g))).square().sum(-1) + 1e-8).sqrt()
 
     @classmethod
-    def from_config(cls, latent_dim: int, cfg: ValueConfig) -> GoalValue:
-        return cls(latent_dim, cfg.hidden, cfg.depth, cfg.gamma, cfg.form, cfg.embed)
+    def from_config(cls, latent_dim: int, cfg: ValueConfig, side: int = 1) -> GoalValue:
+        """side: the grid the latents are pooled on (the predictor's `pool`)."""
+        view = GridPool(side, cfg.pool) if cfg.pool and cfg.pool != side else None
+        return cls(latent_dim, cfg.hidden, cfg.depth, cfg.gamma, cfg.form, cfg.embed, view)
 
     def energy(self, weights: str | Tensor = "final", where: str = "value"
                ) -> Callable[[Tensor], Cost]:

@@ -5,14 +5,14 @@ it to the one trainer, `fit`.
 
 Latent space (targets, encoder outputs at planning time and predictions all live in it, so the
 planner's energy is a plain distance there): the frozen encoder's tokens, layer-normed over D
-without affine parameters (as JEPA targets) -> [B, N, D] for the transformer predictor, or their
-mean over tokens -> [B, D] for the MLP predictor; then standardised per dimension with the mean
-and std of training frames (`LatentNorm`, saved with the predictor). Why: consecutive frames
-differ by ~0.1 of a dimension's spread (an agent is a few pixels), far below the spread of what
-never moves in an episode. Measured on two-rooms (80 episodes, a 300-step I-JEPA micro ViT,
+without affine parameters (as JEPA targets) -> [B, N, D] for the transformer predictor, or averaged
+onto a p x p grid -> [B, D*p*p] for the pooled ones (MLP, conv); then standardised per dimension
+with the mean and std of training frames (`LatentNorm`, saved with the predictor). Why: consecutive
+frames differ by ~0.1 of a dimension's spread (an agent is a few pixels), far below the spread of
+what never moves in an episode. Measured on two-rooms (80 episodes, a 300-step I-JEPA micro ViT,
 MLP, 1,500 steps at lr 1e-3): unstandardised, the model stayed at the "nothing moves" error and
-ranked the true action at chance (mean normalised rank 0.48 among 64 random actions);
-standardised, it reached 0.72 of that error and a mean rank of 0.05.
+ranked the true action at chance (mean normalised rank 0.48 among 64 random actions); standardised,
+it reached 0.72 of that error and a mean rank of 0.05.
 
 Loss over a window of k+1 frames, actions a_0..a_{k-1}:
     teacher forcing  tf = d(predict(z_0..z_{k-1}, a), z_1..z_k)
@@ -138,7 +138,7 @@ class WorldModelObjective(Objective):
         # not Objective.__init__: a world model has its own config, not a pretraining one
         self.wm = run
         self.action_dim, self.state_dim = action_dim, state_dim
-        self.pooled = run.predictor.arch == "mlp"
+        self.pooled = run.predictor.pooled
         self.pool = run.predictor.pool if self.pooled else 0
         self.use_state = run.predictor.use_state
 
@@ -163,7 +163,8 @@ class WorldModelObjective(Objective):
         norm = LatentNorm(latent_dim)
         models = nn.ModuleDict({FROZEN: enc, "latent_norm": norm, "predictor": predictor})
         if self.wm.value is not None:
-            models["value"] = GoalValue.from_config(latent_dim, self.wm.value)
+            models["value"] = GoalValue.from_config(latent_dim, self.wm.value,
+                                                   self.wm.predictor.pool)
             if self.wm.value.learning == "td":  # only TD bootstraps from a slow target copy
                 models["value_target"] = copy.deepcopy(models["value"]).requires_grad_(False)
         models.register_state_dict_post_hook(_drop_frozen)
@@ -250,7 +251,7 @@ class WorldModelObjective(Objective):
         """On the encoded frame 0 and, with k >= 2, on the predicted frame 1 (module docstring)."""
         if batch.goals is None or batch.goal_steps is None:
             raise JepalabError("value: world-model batches need hindsight goals (goals, "
-                               "goal_steps); train with the latent cache (predictor.arch mlp)")
+                               "goal_steps); train with the latent cache (pooled latents)")
         goal = self.latents(batch.goals[:, None].float(), models)[:, 0]
         value = cast(GoalValue, models["value"])
         v, steps = cast(ValueConfig, self.wm.value), batch.goal_steps

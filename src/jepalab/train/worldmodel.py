@@ -359,7 +359,8 @@ def load_world_model(path: str | Path, encoder: str | Path | None = None) -> Wor
         context=cfg.rollout_steps,
     )
     norm = LatentNorm(latent_dim)
-    value = GoalValue.from_config(latent_dim, cfg.value) if cfg.value is not None else None
+    value = (GoalValue.from_config(latent_dim, cfg.value, cfg.predictor.pool)
+             if cfg.value is not None else None)
 
     def part(prefix: str) -> dict[str, Tensor]:
         return {k[len(prefix) :]: v for k, v in tensors["model"].items() if k.startswith(prefix)}
