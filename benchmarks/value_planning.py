@@ -17,6 +17,8 @@ left).
                                                   # from a layout's other episodes: p_layout)
         [--pool 2] [--wm-steps 2000]              # the world model's latent grid and length
         [--wm-batch 128] [--wm-dim 512] [--wm-depth 3]  # its batch, predictor width, depth
+                                                  # (--wm-set predictor.arch=conv: a conv
+                                                  # net over the grid, width = channels)
         [--value-form diff]                       # ValueConfig.form (before 2026-11-30: mlp)
         [--value-learning quasimetric]            # learned as a distance (form metric, goals
                                                   # drawn uniformly from the episode)
@@ -221,8 +223,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--value-learning", choices=["td", "quasimetric"], default="td",
                    help="ValueConfig.learning; quasimetric sets form metric and uniform goals")
     p.add_argument("--wm-batch", type=int, default=128, help="world-model batch size")
-    p.add_argument("--wm-dim", type=int, default=512, help="the predictor MLP's width")
-    p.add_argument("--wm-depth", type=int, default=3, help="the predictor MLP's depth")
+    p.add_argument("--wm-dim", type=int, default=512,
+                   help="the predictor's width (MLP units, conv channels)")
+    p.add_argument("--wm-depth", type=int, default=3, help="the predictor's depth (hidden layers)")
     p.add_argument("--energies", nargs="+", choices=[r for r, _, _ in ENERGIES],
                    default=["l1", "value"], help="plan with these energies")
     p.add_argument("--value-set", action="append", default=[], metavar="KEY=VALUE",

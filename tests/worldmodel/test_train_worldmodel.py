@@ -393,13 +393,19 @@ def test_a_value_recorded_before_forms_existed_loads_as_the_mlp_it_was():
         assert stored_config(cfg) == cfg
 
 
-def test_a_quasimetric_value_trains_with_the_world_model_and_loads(tiny_inputs, tmp_path):
+@pytest.mark.parametrize("grid", [["--predictor.pool=2"], [
+    "--predictor.arch=conv", "--predictor.pool=4", "--predictor.dim=16", "--value.pool=2"]])
+def test_a_quasimetric_value_trains_with_the_world_model_and_loads(tiny_inputs, tmp_path, grid):
     """`value.learning: quasimetric`: the loss's push and one-step violation reach the metrics
-    (also at the predicted frame, k = 2), and the loaded value is the learned distance."""
+    (also at the predicted frame, k = 2), and the loaded value is the learned distance. Also
+    with the conv predictor on the 4 x 4 grid and the value reading it averaged onto 2 x 2."""
+    from jepalab.models.ac_predictor import ACConv
+    from jepalab.models.value import GridPool
+
     data, enc = tiny_inputs
     ref = train_worldmodel(_cfg(tmp_path, enc, data, "--steps=3", "--value.hidden=16",
-                                "--value.form=metric", "--value.learning=quasimetric",
-                                "--predictor.pool=2"), progress=False)
+                                "--value.form=metric", "--value.learning=quasimetric", *grid),
+                           progress=False)
     rows = [json.loads(ln) for ln in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert all(r["value_push"] > 0 and r["value_violation"] >= 0 and "value_pred_loss" in r
                for r in rows)
@@ -408,3 +414,5 @@ def test_a_quasimetric_value_trains_with_the_world_model_and_loads(tiny_inputs, 
     z = torch.randn(4, wm.value.latent_dim)
     torch.testing.assert_close(wm.value.steps_to_go(z, z.flip(0)), wm.value.distance(z, z.flip(0)),
                                atol=1e-3, rtol=1e-3)
+    conv = "--predictor.arch=conv" in grid
+    assert isinstance(wm.predictor, ACConv) == conv and isinstance(wm.value.view, GridPool) == conv

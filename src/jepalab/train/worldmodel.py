@@ -213,7 +213,7 @@ class WorldModel(nn.Module):
     """A frozen encoder + an action-conditioned predictor: the planner's model.
 
     Inputs and outputs stay on the module's device (no moves inside); call under
-    `torch.inference_mode()`. Latents are [B, D] (mlp) or [B, N, D] (transformer)."""
+    `torch.inference_mode()`. Latents are [B, D] (mlp, conv) or [B, N, D] (transformer)."""
 
     def __init__(
         self,
