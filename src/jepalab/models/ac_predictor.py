@@ -13,8 +13,8 @@ Three models share one interface (`ACPredictor`):
   every cell: an agent meets a wall the same way wherever the wall is, which an MLP over the
   flattened grid has to learn once per place.
 
-Both predict the change of the latent (residual output), so an untrained model is close to
-"nothing moves", and both can also take a proprioceptive state s_t (then they predict s_{t+1}
+All predict the change of the latent (residual output), so an untrained model is close to
+"nothing moves", and all can also take a proprioceptive state s_t (then they predict s_{t+1}
 too, which a rollout feeds back). Action t is the one taken after frame t.
 
     forward(z, a, s=None) -> (z_next, s_next | None)   teacher forcing over a whole history
