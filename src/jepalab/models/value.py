@@ -100,12 +100,11 @@ class GoalValue(nn.Module):
                     else mlp(2 * d, 1, hidden, depth))
 
     def forward(self, z: Tensor, g: Tensor) -> Tensor:
-        z, g = torch.broadcast_tensors(z, g)
-        if self.form != "metric":
-            z, g = self.view(z), self.view(g)
-            x = torch.cat([z, g - z if self.form == "diff" else g], -1)
-            return -F.softplus(self.net(x).squeeze(-1))
-        return steps_value(self.distance(z, g), self.gamma)
+        if self.form == "metric":  # phi of a goal shared by many z is computed once
+            return steps_value(self.distance(z, g), self.gamma)
+        z, g = torch.broadcast_tensors(self.view(z), self.view(g))
+        x = torch.cat([z, g - z if self.form == "diff" else g], -1)
+        return -F.softplus(self.net(x).squeeze(-1))
 
     def distance(self, z: Tensor, g: Tensor) -> Tensor:
         """Form "metric": the steps to go as a distance ||phi(z) - phi(g)||."""
