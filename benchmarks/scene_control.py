@@ -3,13 +3,18 @@
 The demo's recipe on another scene: collect (mixture of scripted and correlated-random
 episodes) -> I-JEPA encoder (configs/demo/pretrain.yaml) -> world model on pooled latents
 (configs/demo/worldmodel.yaml) -> MPC with CEM. Then the same reset seeds are played by MPC, by
-uniformly random actions and by zero actions ("do nothing": velocity scenes stay put); success
-with Wilson 95 % CIs, all measured in this run. Stages resume from OUT.
+uniformly random actions and by zero actions ("do nothing": velocity scenes stay put), and, as a
+reference that reads the true state, the scene's scripted expert; success with Wilson 95 % CIs,
+all measured in this run. Stages resume from OUT.
 
     python benchmarks/scene_control.py --scene tabletop-push [--episodes 20] [--out runs/bench/X]
         [--energy value]   # plan with the learned cost-to-go of configs/demo/worldmodel.yaml
                            # (quasimetric steps to go, last predicted step) instead of L1
-        [--data-episodes 200] [--wm-steps 2000]
+        [--data-episodes 200] [--wm-steps 2000] [--max-steps N]
+        [--scene-set camera=top]   # a scene keyword (repeatable), for collection and evaluation
+
+Episodes last 100 steps, Push-T's 300 (the scene's own limit; its scripted pusher often needs
+more than 100), for collection and evaluation alike.
 """
 
 from __future__ import annotations
@@ -19,10 +24,12 @@ import time
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 from jepalab.config import ControllerConfig, PretrainConfig, SceneConfig, WorldModelConfig, load
 from jepalab.data.collect import collect
 from jepalab.envs import make
+from jepalab.errors import JepalabError
 from jepalab.eval.control import run_episodes, summarize
 from jepalab.eval.stats import wilson_ci
 from jepalab.io import atomic_write_json, git_info, now_iso
@@ -30,6 +37,7 @@ from jepalab.train.loop import pretrain
 from jepalab.train.worldmodel import load_world_model, train_worldmodel
 
 DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo"
+MAX_STEPS = {"pusht": 300}
 
 
 def hold(scene: str, obs: dict) -> np.ndarray:
@@ -40,10 +48,22 @@ def hold(scene: str, obs: dict) -> np.ndarray:
     return np.zeros(2)
 
 
-def baseline(scene: str, seeds: list[int], kind: str, max_steps: int
+def scene_kwargs(items: list[str]) -> dict:
+    """``KEY=VALUE`` strings -> make() keywords (values read as YAML: 0.5, top, null)."""
+    out = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise JepalabError(f"--scene-set {item!r}: expected KEY=VALUE")
+        out[key] = yaml.safe_load(value)
+    return out
+
+
+def baseline(scene: str, kw: dict, seeds: list[int], kind: str, max_steps: int
              ) -> tuple[list[bool], list[float]]:
-    """(success, final distance) per episode of random or zero actions."""
-    env = make(scene, image_size=64)
+    """(success, final distance) per episode of random or zero actions, or of the scene's
+    scripted expert (a reference that reads the true state, not a baseline)."""
+    env = make(scene, image_size=64, **kw)
     out, dist = [], []
     for seed in seeds:
         obs, _ = env.reset(seed=seed)
@@ -51,6 +71,7 @@ def baseline(scene: str, seeds: list[int], kind: str, max_steps: int
         ok = False
         for _ in range(max_steps):
             a = (rng.uniform(-1, 1, env.action_space.shape) if kind == "random"
+                 else env.unwrapped.expert_action(rng) if kind == "scripted expert"
                  else hold(scene, obs))
             obs, _, term, trunc, info = env.step(a.astype(np.float32))
             ok = bool(info["is_success"])
@@ -67,19 +88,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scene", default="tabletop-push")
     p.add_argument("--data-episodes", type=int, default=200)
     p.add_argument("--episodes", type=int, default=20, help="evaluation episodes per policy")
-    p.add_argument("--max-steps", type=int, default=100)
+    p.add_argument("--max-steps", type=int, default=None, help="100; Push-T 300")
     p.add_argument("--energy", choices=["l1", "value"], default="l1",
                    help="the planner's energy: L1 to the goal latent (all steps) or the learned "
                         "cost-to-go (last step)")
     p.add_argument("--wm-steps", type=int, default=2000, help="world-model (and value) steps")
+    p.add_argument("--scene-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="scene keyword for collection and evaluation, e.g. camera=top")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
+    args.max_steps = args.max_steps or MAX_STEPS.get(args.scene, 100)
+    kw = scene_kwargs(args.scene_set)
     out = Path(args.out or f"runs/bench/scene_control/{args.scene}")
     times: dict[str, float] = {}
 
     t = time.perf_counter()
     data = collect(args.scene, args.data_episodes, out / "data", max_steps=args.max_steps,
-                   image_size=64)
+                   image_size=64, scene_kwargs=kw)
     times["collect"] = time.perf_counter() - t
     t = time.perf_counter()
     enc = pretrain(load(PretrainConfig, DEMO / "pretrain.yaml", [
@@ -98,13 +123,13 @@ def main(argv: list[str] | None = None) -> int:
                             replan_every=2, max_steps=args.max_steps, metric=args.energy,
                             weights="all" if args.energy == "l1" else "final")
     t = time.perf_counter()
-    mpc = summarize(run_episodes(load_world_model(wm_path), SceneConfig(name=args.scene),
+    mpc = summarize(run_episodes(load_world_model(wm_path), SceneConfig(name=args.scene, kwargs=kw),
                                  ctrl, seeds))
     times["mpc"] = time.perf_counter() - t
     results = {"mpc (JEPA world model)": (round(mpc["success_rate"] * args.episodes),
                                           mpc["final_distance"], mpc["plan_time_per_step_s"])}
-    for kind in ("random", "do-nothing"):
-        ok, dist = baseline(args.scene, seeds, kind, args.max_steps)
+    for kind in ("random", "do-nothing", "scripted expert"):
+        ok, dist = baseline(args.scene, kw, seeds, kind, args.max_steps)
         results[kind] = (sum(ok), float(np.mean(dist)), None)
 
     print(f"\n{args.scene}: {args.episodes} episodes per policy (same reset seeds), "
@@ -123,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     atomic_write_json(out / "scene_control.json", {
         "benchmark": "scene_control", "created": now_iso(), "git": git_info(),
         "scene": args.scene, "energy": args.energy, "data_episodes": args.data_episodes,
+        "max_steps": args.max_steps, "scene_kwargs": kw,
         "wm_steps": args.wm_steps, "seconds": times, "rows": rows, "mpc": mpc})
     return 0
 

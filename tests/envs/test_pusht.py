@@ -13,7 +13,7 @@ from gym_pusht.envs.pusht import PushTEnv as StockPushT  # noqa: E402
 from scene_checks import check_perturbation_claim, expert_episode, rollout  # noqa: E402
 
 from jepalab.envs import make, supported_perturbations  # noqa: E402
-from jepalab.envs.pusht import GOAL_POSE  # noqa: E402
+from jepalab.envs.pusht import AGENT_RADIUS, GOAL_POSE, inside_t, to_local  # noqa: E402
 
 
 def test_adapter_matches_stock_physics_and_pixels() -> None:
@@ -67,6 +67,22 @@ def test_goal_image_and_expert_progress() -> None:
     for _ in range(150):
         *_, info = env.step(env.unwrapped.expert_action(rng))
     assert info["distance"] < 0.5 * d0
+
+
+def test_goal_agent_is_where_the_scripted_push_ends() -> None:
+    env = make("pusht", perturb="physics_shift", severity=2)
+    env.reset(seed=1)
+    u = env.unwrapped
+    g = u.goal_state
+    assert np.allclose(g[2:], GOAL_POSE, atol=1e-5)
+    # The pusher ends touching the T at its goal pose, not where it started.
+    local = to_local(GOAL_POSE, g[None, :2])
+    assert inside_t(local, margin=AGENT_RADIUS + 4)[0] and not inside_t(local, AGENT_RADIUS - 4)[0]
+    assert np.linalg.norm(g[:2] - u.reset(seed=1)[0]["state"][:2]) > 2 * AGENT_RADIUS
+    # Drawn from the reset seed only (stock physics): the perturbed episode's goal is the clean one.
+    clean = make("pusht")
+    clean.reset(seed=1)
+    assert np.array_equal(clean.unwrapped.goal_state, g)
 
 
 @pytest.mark.parametrize("perturb", supported_perturbations("pusht"))

@@ -11,7 +11,9 @@ conditions come from (perturbation seed, s, name). ``reset()`` without a seed dr
 seed from ``np_random``, so a seeded reset followed by unseeded ones is reproducible.
 
 Goal: ``goal_state`` is the start state with the task entity (agent / pushed object / end
-effector) placed at its goal; everything else stays where the episode started. ``render_goal``
+effector) placed at its goal; everything else stays where the episode started, except that in
+a push the pusher is where a push ends (tabletop: ``push_end``; Push-T: where its scripted
+pusher ends), as a successful episode's last frame shows it. ``render_goal``
 renders that state under the episode's conditions (lighting, colours, camera, distractors) but
 without step-time occluders.
 

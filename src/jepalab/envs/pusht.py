@@ -12,7 +12,10 @@ block_y, block_angle] (gym-pusht's layout; block position is the body origin, an
 [0, 2 pi)). ``distance`` = mean distance of the T's 8 keypoints to their goal positions;
 ``info["coverage"]`` is gym-pusht's coverage. The goal zone is not drawn in observations by
 default (``draw_goal_zone=False``): the goal is given by ``render_goal()``, which shows the T
-at the goal pose (256, 256, pi/4) and the agent at its start position.
+at the goal pose (256, 256, pi/4) and the agent where the scripted pusher (``expert_target``,
+no noise, stock physics) ends its push from this episode's start, as the last frame of a
+successful push shows it (computed on first use by a private copy of the physics: 0.1-0.4 s).
+``goal_state`` holds the same. (Before 2026-12-03 the goal showed the agent at its start.)
 
 Perturbations: lighting_shift, color_shift, distractors, camera_shift as in ``view2d``;
 physics_shift: agent PD gain x f1 and agent-T contact friction 1.5 |log f2| (stock: 0);
@@ -118,8 +121,8 @@ class PushTEnv(SceneEnv):
         self.state_names = ["agent_x", "agent_y", "block_x", "block_y", "block_angle"]
         self.success_coverage = 0.95
         self.success_radius = float("nan")  # success is coverage-based, see _is_success
-        self.goal_state = np.zeros(5, np.float32)
         self._coverage = 0.0
+        self._end_agent: np.ndarray | None = None
 
     # ------------------------------------------------------------------ physics
 
@@ -142,9 +145,7 @@ class PushTEnv(SceneEnv):
                 shape.friction = friction
         else:
             self.inner.k_p, self.inner.k_v = 100.0, 20.0
-        s = self._state()
-        self._start_agent = s[:2].copy()
-        self.goal_state = np.array([*s[:2], *GOAL_POSE[:2], GOAL_POSE[2]], np.float32)
+        self._end_agent = None
         self._coverage = float(self.inner._get_coverage())
         self._background = self._draw_background()
 
@@ -154,8 +155,28 @@ class PushTEnv(SceneEnv):
         self._coverage = float(info["coverage"])
 
     def _block_pose(self) -> np.ndarray:
-        b = self.inner.block
-        return np.array([b.position[0], b.position[1], b.angle])
+        return _block_pose(self.inner)
+
+    @property
+    def goal_state(self) -> np.ndarray:  # type: ignore[override]
+        return np.array([*self._goal_agent(), *GOAL_POSE], np.float32)
+
+    def _goal_agent(self) -> np.ndarray:
+        """Where the agent ends the scripted push from this episode's start: the expert drives
+        a fresh copy of the stock physics (reset with the episode's seed; no perturbation, no
+        noise) until success or ``default_max_episode_steps``."""
+        if self.episode_seed is None:
+            raise RuntimeError("pusht: call reset() before render_goal() or goal_state")
+        if self._end_agent is None:
+            sim = type(self.inner)(obs_type="state", render_mode="rgb_array")
+            sim.reset(seed=self.episode_seed)
+            for _ in range(self.default_max_episode_steps):
+                a = np.array(sim.agent.position)
+                _, _, _, _, info = sim.step(expert_target(a, _block_pose(sim), GOAL_POSE))
+                if info["coverage"] > self.success_coverage:
+                    break
+            self._end_agent = np.array(sim.agent.position)
+        return self._end_agent
 
     def _state(self) -> np.ndarray:
         a = self.inner.agent.position
@@ -212,9 +233,7 @@ class PushTEnv(SceneEnv):
         return self._frame(np.array([a[0], a[1]]), self._block_pose(), self.elapsed_steps)
 
     def render_goal(self) -> np.ndarray:
-        if self.episode_seed is None:
-            raise RuntimeError("pusht: call reset() before render_goal()")
-        return self._frame(self._start_agent, GOAL_POSE, 0)
+        return self._frame(self._goal_agent(), GOAL_POSE, 0)
 
     # ------------------------------------------------------------------ expert
 
@@ -224,6 +243,11 @@ class PushTEnv(SceneEnv):
         target = expert_target(np.array([a[0], a[1]]), self._block_pose(), GOAL_POSE)
         act = target / WORLD * 2.0 - 1.0 + rng.normal(0.0, 0.01, size=2)
         return np.clip(act, -1.0, 1.0).astype(np.float32)
+
+
+def _block_pose(inner: Any) -> np.ndarray:
+    b = inner.block
+    return np.array([b.position[0], b.position[1], b.angle])
 
 
 # ---------------------------------------------------------------------- scripted pusher
