@@ -12,6 +12,8 @@ all measured in this run. Stages resume from OUT.
                            # (quasimetric steps to go, last predicted step) instead of L1
         [--data-episodes 200] [--wm-steps 2000] [--max-steps N]
         [--scene-set camera=top]   # a scene keyword (repeatable), for collection and evaluation
+        [--wm-set predictor.pool=4]   # a WorldModelConfig field (repeatable)
+        [--reuse runs/bench/Y]   # the data and encoder of an earlier run (same settings)
 
 Episodes last 100 steps, Push-T's 300 (the scene's own limit; its scripted pusher often needs
 more than 100), for collection and evaluation alike.
@@ -95,26 +97,32 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--wm-steps", type=int, default=2000, help="world-model (and value) steps")
     p.add_argument("--scene-set", action="append", default=[], metavar="KEY=VALUE",
                    help="scene keyword for collection and evaluation, e.g. camera=top")
+    p.add_argument("--wm-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a WorldModelConfig field, e.g. predictor.pool=4")
+    p.add_argument("--reuse", default=None, metavar="DIR",
+                   help="take the data and the encoder from an earlier run's --out")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
     args.max_steps = args.max_steps or MAX_STEPS.get(args.scene, 100)
     kw = scene_kwargs(args.scene_set)
     out = Path(args.out or f"runs/bench/scene_control/{args.scene}")
+    base = Path(args.reuse) if args.reuse else out  # data and encoder
     times: dict[str, float] = {}
 
     t = time.perf_counter()
-    data = collect(args.scene, args.data_episodes, out / "data", max_steps=args.max_steps,
+    data = collect(args.scene, args.data_episodes, base / "data", max_steps=args.max_steps,
                    image_size=64, scene_kwargs=kw)
     times["collect"] = time.perf_counter() - t
     t = time.perf_counter()
     enc = pretrain(load(PretrainConfig, DEMO / "pretrain.yaml", [
-        f"--data.path={data}", f"--out_dir={out / 'pretrain'}"]), resume=True)
+        f"--data.path={data}", f"--out_dir={base / 'pretrain'}"]), resume=True)
     times["pretrain"] = time.perf_counter() - t
     t = time.perf_counter()
     wm_path = train_worldmodel(load(WorldModelConfig, DEMO / "worldmodel.yaml", [
         f"--encoder={enc}", f"--data.path={data}", f"--out_dir={out / 'worldmodel'}",
         f"--steps={args.wm_steps}",
-        *(["--value=null"] if args.energy == "l1" else [])]), resume=True)
+        *(["--value=null"] if args.energy == "l1" else []),
+        *(f"--{kv}" for kv in args.wm_set)]), resume=True)
     times["worldmodel"] = time.perf_counter() - t
 
     seeds = [1_000_000 + e for e in range(args.episodes)]
@@ -148,7 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     atomic_write_json(out / "scene_control.json", {
         "benchmark": "scene_control", "created": now_iso(), "git": git_info(),
         "scene": args.scene, "energy": args.energy, "data_episodes": args.data_episodes,
-        "max_steps": args.max_steps, "scene_kwargs": kw,
+        "max_steps": args.max_steps, "scene_kwargs": kw, "wm_set": args.wm_set,
+        "reuse": args.reuse,
         "wm_steps": args.wm_steps, "seconds": times, "rows": rows, "mpc": mpc})
     return 0
 
