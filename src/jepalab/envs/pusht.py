@@ -171,8 +171,7 @@ class PushTEnv(SceneEnv):
             sim = type(self.inner)(obs_type="state", render_mode="rgb_array")
             sim.reset(seed=self.episode_seed)
             for _ in range(self.default_max_episode_steps):
-                a = np.array(sim.agent.position)
-                _, _, _, _, info = sim.step(expert_target(a, _block_pose(sim), GOAL_POSE))
+                _, _, _, _, info = sim.step(_expert_target(sim))
                 if info["coverage"] > self.success_coverage:
                     break
             self._end_agent = np.array(sim.agent.position)
@@ -239,15 +238,18 @@ class PushTEnv(SceneEnv):
 
     def expert_action(self, rng: np.random.Generator) -> np.ndarray:
         """A scripted pusher (see ``expert_target``), with small Gaussian noise."""
-        a = self.inner.agent.position
-        target = expert_target(np.array([a[0], a[1]]), self._block_pose(), GOAL_POSE)
-        act = target / WORLD * 2.0 - 1.0 + rng.normal(0.0, 0.01, size=2)
+        act = _expert_target(self.inner) / WORLD * 2.0 - 1.0 + rng.normal(0.0, 0.01, size=2)
         return np.clip(act, -1.0, 1.0).astype(np.float32)
 
 
 def _block_pose(inner: Any) -> np.ndarray:
     b = inner.block
     return np.array([b.position[0], b.position[1], b.angle])
+
+
+def _expert_target(inner: Any) -> np.ndarray:
+    """The scripted pusher's target (world units) in a gym-pusht env's current state."""
+    return expert_target(np.array(inner.agent.position), _block_pose(inner), GOAL_POSE)
 
 
 # ---------------------------------------------------------------------- scripted pusher
