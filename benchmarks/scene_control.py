@@ -26,7 +26,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 from jepalab.config import ControllerConfig, PretrainConfig, SceneConfig, WorldModelConfig, load
 from jepalab.data.collect import collect
@@ -48,17 +47,6 @@ def hold(scene: str, obs: dict) -> np.ndarray:
     if scene == "pusht":
         return obs["state"][:2] / 256.0 - 1.0
     return np.zeros(2)
-
-
-def scene_kwargs(items: list[str]) -> dict:
-    """``KEY=VALUE`` strings -> make() keywords (values read as YAML: 0.5, top, null)."""
-    out = {}
-    for item in items:
-        key, eq, value = item.partition("=")
-        if not eq or not key:
-            raise JepalabError(f"--scene-set {item!r}: expected KEY=VALUE")
-        out[key] = yaml.safe_load(value)
-    return out
 
 
 def baseline(scene: str, kw: dict, seeds: list[int], kind: str, max_steps: int
@@ -104,7 +92,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
     args.max_steps = args.max_steps or MAX_STEPS.get(args.scene, 100)
-    kw = scene_kwargs(args.scene_set)
+    for item in args.scene_set:
+        key, eq, _ = item.partition("=")
+        if not (key and eq):
+            raise JepalabError(f"--scene-set {item!r}: expected KEY=VALUE")
+    scene = load(SceneConfig, None, [f"--name={args.scene}",
+                                     *(f"--kwargs.{kv}" for kv in args.scene_set)])
+    kw = scene.kwargs
     out = Path(args.out or f"runs/bench/scene_control/{args.scene}")
     base = Path(args.reuse) if args.reuse else out  # data and encoder
     times: dict[str, float] = {}
@@ -131,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
                             replan_every=2, max_steps=args.max_steps, metric=args.energy,
                             weights="all" if args.energy == "l1" else "final")
     t = time.perf_counter()
-    mpc = summarize(run_episodes(load_world_model(wm_path), SceneConfig(name=args.scene, kwargs=kw),
+    mpc = summarize(run_episodes(load_world_model(wm_path), scene,
                                  ctrl, seeds))
     times["mpc"] = time.perf_counter() - t
     results = {"mpc (JEPA world model)": (round(mpc["success_rate"] * args.episodes),
