@@ -269,7 +269,8 @@ def main(argv: list[str] | None = None) -> int:
     def world_model(data: str | Path, where: Path) -> Path:
         return train_worldmodel(load(WorldModelConfig, DEMO / "worldmodel.yaml", [
             f"--encoder={enc}", f"--data.path={data}", f"--out_dir={where}",
-            *(f"--value.{k}={v}" for k, v in value.items()), f"--predictor.pool={args.pool}",
+            *(f"--value.{k}={v}" for k, v in value.items() if v is not None),
+            f"--predictor.pool={args.pool}",
             f"--steps={args.wm_steps}", f"--batch_size={args.wm_batch}",
             f"--predictor.dim={args.wm_dim}", f"--predictor.depth={args.wm_depth}",
             *(f"--{kv}" for kv in args.wm_set)]), resume=True)
