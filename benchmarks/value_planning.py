@@ -125,30 +125,50 @@ def value_vs_path(wm, episodes: int = 30, points: int = 40) -> dict[str, float]:
             "mean_abs_error_steps": float(np.mean(errors))}
 
 
-def wall_push(wm, layouts: int = 40, steps: int = 8) -> dict[str, float]:
-    """What the world model predicts when the agent pushes straight into the wall, away from
-    the door, for `steps` steps: the scene does not move it, so the learned steps to go should
-    not change. Agents 1 cm from the wall on the start's side of fresh layouts (goal behind the
-    wall); the value read on the encoded start and on the world model's last predicted step."""
-    start, after, moved = [], [], []
+WALL_MOVES = ("into the wall", "along it to the door", "along it away from the door",
+              "away from the wall")
+
+
+def wall_push(wm, layouts: int = 40, steps: int = 8) -> dict:
+    """What the value makes of an agent pressed against the wall, away from the door (1 cm from
+    it on the start's side of fresh layouts, goal behind the wall). `steps` steps of each of
+    four straight moves (WALL_MOVES), read at the last step through the world model and with
+    the scene's true dynamics (the frame it ends in, encoded): the mean learned steps to go and
+    how often each move reads best (a slide along the wall may pass the door's row). Pushing
+    into the wall does not move the agent, so through the world model it should read no
+    progress (`predicted_progress_steps`)."""
+    start, moved = [], []
+    read: dict[str, list[np.ndarray]] = {"world_model": [], "true": []}
     for _, u, goal in fresh_layouts(wm, layouts, 3_000_000):
         side = -1.0 if u.agent[0] < u.wall_x else 1.0
         ys = np.linspace(0.1, 0.9, 9)
         ys = ys[np.abs(ys - u.door_y) > 0.2]
         x = u.wall_x + side * (u.wall_thickness / 2 + u.agent_radius + 0.01)
-        pts = np.stack([np.full(len(ys), x), ys], 1)
-        actions = np.zeros((len(ys), steps, 2))
-        actions[..., 0] = -side
-        moved.append(np.abs(u.unroll(pts, actions)[:, -1] - pts).max(-1))
-        with torch.inference_mode():
-            z0 = wm.encode(torch.from_numpy(np.stack([u.render_at(q) for q in pts])))
-            z = wm.rollout(z0, torch.from_numpy(actions).float())[:, -1]
-            start.append(wm.value.steps_to_go(z0, goal).numpy())
-            after.append(wm.value.steps_to_go(z, goal).numpy())
-    d0, d1 = np.concatenate(start), np.concatenate(after)
-    return {"pushes": len(d0), "steps": steps, "true_moved": float(np.concatenate(moved).mean()),
-            "steps_to_go_start": float(d0.mean()), "steps_to_go_after": float(d1.mean()),
-            "predicted_progress_steps": float((d0 - d1).mean())}
+        for y in ys:
+            actions = np.zeros((len(WALL_MOVES), steps, 2))
+            actions[0, :, 0], actions[3, :, 0] = -side, side
+            actions[1, :, 1] = np.sign(u.door_y - y)
+            actions[2, :, 1] = -actions[1, :, 1]
+            here = np.array([x, y])
+            end = u.unroll(np.repeat(here[None], len(actions), 0), actions)[:, -1]
+            moved.append(np.abs(end[0] - here).max())
+            with torch.inference_mode():
+                z0 = wm.encode(torch.from_numpy(u.render_at(here))[None])
+                z = wm.rollout(z0.expand(len(actions), -1), torch.from_numpy(actions).float())
+                z_true = wm.encode(torch.from_numpy(np.stack([u.render_at(q) for q in end])))
+                start.append(float(wm.value.steps_to_go(z0, goal)[0]))
+                read["world_model"].append(wm.value.steps_to_go(z[:, -1], goal).numpy())
+                read["true"].append(wm.value.steps_to_go(z_true, goal).numpy())
+    d0 = np.array(start)
+    by = {k: np.stack(v) for k, v in read.items()}  # [starts, moves]
+    return {"pushes": len(d0), "steps": steps, "true_moved": float(np.mean(moved)),
+            "steps_to_go_start": float(d0.mean()),
+            "steps_to_go_after": float(by["world_model"][:, 0].mean()),
+            "predicted_progress_steps": float((d0 - by["world_model"][:, 0]).mean()),
+            "moves": {move: {**{f"steps_to_go_{k}": float(v[:, i].mean()) for k, v in by.items()},
+                             **{f"reads_best_{k}": int((v.argmin(1) == i).sum())
+                                for k, v in by.items()}}
+                      for i, move in enumerate(WALL_MOVES)}}
 
 
 def endings(rows) -> dict[str, int]:
@@ -323,6 +343,12 @@ def main(argv: list[str] | None = None) -> int:
           f"moves the agent {wall['true_moved']:.3f}): the world model's last step reads "
           f"{wall['predicted_progress_steps']:.1f} steps of progress "
           f"({wall['steps_to_go_start']:.1f} -> {wall['steps_to_go_after']:.1f} to go)")
+    print(f"pressed against the wall, {wall['steps']} steps of each move: steps to go through the "
+          "world model / with the true dynamics (times read best, of "
+          f"{wall['pushes']})")
+    for move, m in wall["moves"].items():
+        print(f"  {move}: {m['steps_to_go_world_model']:.1f} ({m['reads_best_world_model']}) / "
+              f"{m['steps_to_go_true']:.1f} ({m['reads_best_true']})")
     print(f"world model at its last step (L1, per latent dim): teacher forcing "
           f"{fit['tf_loss']:.4f}, rollout {fit['rollout_loss']:.4f}, nothing moves "
           f"{fit['copy_loss']:.4f}")
