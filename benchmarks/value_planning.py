@@ -53,7 +53,6 @@ from jepalab.config import (
     ValueConfig,
     WorldModelConfig,
     build,
-    load,
     merge,
     parse_overrides,
     read_yaml,
@@ -287,13 +286,14 @@ def main(argv: list[str] | None = None) -> int:
     times["pretrain"] = time.perf_counter() - t
 
     def world_model(data: str | Path, where: Path) -> Path:
-        return train_worldmodel(load(WorldModelConfig, DEMO / "worldmodel.yaml", [
+        yaml_path = DEMO / "worldmodel.yaml"  # `value` merged as values (None stays None)
+        base = merge(read_yaml(yaml_path), {"value": value})
+        return train_worldmodel(build(WorldModelConfig, merge(base, parse_overrides([
             f"--encoder={enc}", f"--data.path={data}", f"--out_dir={where}",
-            *(f"--value.{k}={v}" for k, v in value.items() if v is not None),
             f"--predictor.pool={args.pool}",
             f"--steps={args.wm_steps}", f"--batch_size={args.wm_batch}",
             f"--predictor.dim={args.wm_dim}", f"--predictor.depth={args.wm_depth}",
-            *(f"--{kv}" for kv in args.wm_set)]), resume=True)
+            *(f"--{kv}" for kv in args.wm_set)])), source=str(yaml_path)), resume=True)
 
     def controller(metric: str, weights: str, extra: list[str]) -> ControllerConfig:
         return build(ControllerConfig, merge(
