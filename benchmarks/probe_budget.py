@@ -13,7 +13,7 @@ the planner's distance measures is the agent). Answers "does longer pretraining 
 into the latent?" without training a world model per checkpoint.
 
     python benchmarks/probe_budget.py --data runs/demo/data runs/exp/jepa_long \
-        runs/demo/random_init [--pool 2] [--out runs/bench/probe_budget.json]
+        runs/demo/random_init [--pool 2] [--keypoints T] [--out runs/bench/probe_budget.json]
 """
 
 from __future__ import annotations
@@ -61,15 +61,15 @@ def logged_collapse(ckpt: Path, step: int | None) -> dict[str, float]:
 
 
 @torch.no_grad()
-def latents(enc: FrozenEncoder, store: TrajectoryStore, episodes: range, every: int, pool: int
-            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def latents(enc: FrozenEncoder, store: TrajectoryStore, episodes: range, every: int, pool: int,
+            keypoints: float | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Pooled latents [N, D], states [N, S] and episode ids [N] of every `every`-th frame."""
     zs, ys, gs = [], [], []
     for e in episodes:
         ep = store.episode(e)
         x = normalize_pixels(torch.from_numpy(np.ascontiguousarray(ep["frames"][::every]))
                              .movedim(-1, -3))
-        zs.append(encode_latents(enc.tokens, x, pool).numpy())
+        zs.append(encode_latents(enc.tokens, x, pool, keypoints=keypoints).numpy())
         ys.append(np.asarray(ep["states"][::every], np.float64))
         gs.append(np.full(len(ys[-1]), e))
     return np.concatenate(zs), np.concatenate(ys), np.concatenate(gs)
@@ -89,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("encoders", nargs="+", help="checkpoints or pretraining run directories")
     p.add_argument("--data", required=True, help="a collected dataset (jepalab collect)")
     p.add_argument("--pool", type=int, default=2)
+    p.add_argument("--keypoints", type=float, default=None, metavar="T",
+                   help="also each channel's soft-argmax at temperature T (predictor.keypoints)")
     p.add_argument("--every", type=int, default=4)
     p.add_argument("--val", type=float, default=0.2, help="held-out fraction of episodes")
     p.add_argument("--ridge", type=float, default=1e-3)
@@ -105,8 +107,9 @@ def main(argv: list[str] | None = None) -> int:
     for ckpt in checkpoints(args.encoders):
         t0 = time.perf_counter()
         enc = load_encoder(ckpt)
-        z_tr, y_tr, _ = latents(enc, store, range(n - n_val), args.every, args.pool)
-        z_te, y_te, g_te = latents(enc, store, range(n - n_val, n), args.every, args.pool)
+        z_tr, y_tr, _ = latents(enc, store, range(n - n_val), args.every, args.pool, args.keypoints)
+        z_te, y_te, g_te = latents(enc, store, range(n - n_val, n), args.every, args.pool,
+                                   args.keypoints)
         err = probe_error(fit_linear_probe(z_tr, y_tr, ridge=args.ridge), z_te, y_te, names)
         m = read_manifest(ckpt)
         obj = m.get("config", {}).get("objective", {})
@@ -117,8 +120,9 @@ def main(argv: list[str] | None = None) -> int:
                      "seconds": time.perf_counter() - t0})
         print(f"{ckpt}: R^2 " + ", ".join(f"{k} {v:.2f}" for k, v in err["r2"].items()),
               flush=True)
-    print(f"\nridge probe of the {args.pool}x{args.pool}-pooled latent, R^2 on {n_val} held-out "
-          f"episodes of {args.data}\n")
+    kp = f" + soft-argmax keypoints (T {args.keypoints})" if args.keypoints else ""
+    print(f"\nridge probe of the {args.pool}x{args.pool}-pooled latent{kp}, R^2 on {n_val} "
+          f"held-out episodes of {args.data}\n")
     print("| checkpoint | step | " + " | ".join(names)
           + " | within-episode variance | rank (logged) | token std (logged) |")
     print("|---|---:|" + "---|" * len(names) + "---:|---:|---:|")
@@ -129,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
               + f" | {r['within_episode_share']:.3f} | {logged} |")
     atomic_write_json(args.out, {"benchmark": "probe_budget", "created": now_iso(),
                                  "git": git_info(), "data": args.data, "pool": args.pool,
+                                 "keypoints": args.keypoints,
                                  "every": args.every, "val_episodes": n_val,
                                  "ridge": args.ridge, "rows": rows})
     return 0

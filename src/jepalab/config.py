@@ -327,6 +327,16 @@ class PredictorConfig(Config):
     use_state: bool = Field(False, description="add a proprioceptive/state token per frame")
     pool: int = Field(1, ge=1, description="mlp, conv: average tokens onto a pool x pool grid "
                       "(1: one mean vector); a coarse grid keeps where things are")
+    keypoints: float | None = Field(
+        None, gt=0.0, description="mlp: also append each channel's soft-argmax over the token "
+        "grid (its expected x, y under a softmax of this temperature over the tokens): 2 * D "
+        "coordinates that say where what each channel responds to is, finer than the grid")
+
+    @model_validator(mode="after")
+    def _keypoints_need_mlp(self) -> PredictorConfig:
+        if self.keypoints is not None and self.arch != "mlp":
+            raise ValueError(f"keypoints: needs arch 'mlp' (a flat latent), got {self.arch!r}")
+        return self
 
     @property
     def pooled(self) -> bool:
@@ -334,7 +344,9 @@ class PredictorConfig(Config):
         return self.arch != "transformer"
 
     def latent_dim(self, embed_dim: int) -> int:
-        return embed_dim * self.pool**2 if self.pooled else embed_dim
+        if not self.pooled:
+            return embed_dim
+        return embed_dim * (self.pool**2 + (2 if self.keypoints is not None else 0))
 
 
 ValueForm = Literal["diff", "mlp", "metric"]  # `jepalab.models.value` says what each is
@@ -409,6 +421,9 @@ class WorldModelConfig(TrainConfig):
         if self.value is not None and not self.predictor.pooled:
             raise ValueError("value: needs pooled latents (predictor.arch 'mlp' or 'conv'), "
                              f"got {self.predictor.arch!r}")
+        if self.value is not None and self.value.pool and self.predictor.keypoints is not None:
+            raise ValueError("value.pool: reads a grid, not keypoints; leave it unset with "
+                             "predictor.keypoints")
         if self.value is not None and self.value.pool and self.predictor.pool % self.value.pool:
             raise ValueError(f"value.pool={self.value.pool} must divide predictor.pool="
                              f"{self.predictor.pool} (the value reads a coarser grid)")

@@ -131,7 +131,7 @@ def test_tour_goes_from_waypoint_to_waypoint_through_the_door():
     env = make("two-rooms", random_wall=True, terminate_on_success=False)
     u = env.unwrapped
     pol = make_policy("tour:1", env.action_space)
-    assert pol.spec == "tour:p=1.0,corr=0.8,scale=0.6"
+    assert pol.spec == "tour:p=1.0,corr=0.8,scale=0.6,edge=0.0"
     crossings, targets = [], set()
     for s in range(6):
         obs, _ = env.reset(seed=s)
@@ -153,3 +153,28 @@ def test_tour_goes_from_waypoint_to_waypoint_through_the_door():
     obs, _ = fake.reset(seed=0)
     with pytest.raises(JepalabError, match="no waypoint"):
         make_policy("tour:1", fake.action_space, policy_rng(0)).act(fake, obs, policy_rng(0))
+
+
+def test_tour_edge_waypoints_press_against_the_wall_then_slide_on():
+    from jepalab.envs import make
+
+    env = make("two-rooms", random_wall=True, terminate_on_success=False)
+    u = env.unwrapped
+    pol = make_policy("tour:1,edge=1", env.action_space)
+    assert pol.spec == "tour:p=1.0,corr=0.8,scale=0.6,edge=1.0"
+    reached = 0
+    for s in range(4):
+        obs, _ = env.reset(seed=s)
+        xl, xr, _, _ = u._slab()
+        rng = policy_rng(s)
+        pol.reset(rng)
+        seen = set()
+        for _ in range(64):
+            obs, *_ = env.step(pol.act(env, obs, rng))
+            t = tuple(pol.expert.target)
+            assert min(abs(t[0] - xl), abs(t[0] - xr)) < 1e-9  # every target on a wall face
+            seen.add(t)
+        reached += len(seen) - 1  # each new target follows a reached one
+    assert reached >= 4
+    with pytest.raises(JepalabError, match="edge=1.5 must be in"):
+        parse_policy_spec("tour:1,edge=1.5")

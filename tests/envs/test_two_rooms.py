@@ -205,3 +205,10 @@ def test_expert_reaches_a_waypoint_in_the_other_room() -> None:
         assert u.reached(target) and not u.reached(u.goal + 1.0)
         w = u.waypoint(rng)
         assert 0 < w[0] < 1 and 0 < w[1] < 1 and abs(w[0] - u.wall_x) > u.agent_radius
+        xl, xr, dl, dh = u._slab()
+        e = np.stack([u.waypoint(rng, edge=True) for _ in range(40)])
+        assert set(np.round(e[:, 0], 9)) == {round(xl, 9), round(xr, 9)}  # both faces
+        e = e[(e[:, 1] < dl) | (e[:, 1] > dh)]  # off the door: a step into the wall stays put
+        assert len(e) >= 10
+        into = np.where(e[:, :1] < u.wall_x, 1.0, -1.0) * np.array([[u.max_step, 0.0]])
+        np.testing.assert_allclose(u.move(e, into)[:, 0], e[:, 0])

@@ -284,20 +284,26 @@ def test_resume_matches_uninterrupted_and_transformer_variant(tiny_inputs, tmp_p
                          progress=False)
 
 
-def test_latent_cache_matches_encoding_on_the_fly_with_a_pooled_grid(tiny_inputs, tmp_path):
-    """pool=2: latents are the tokens averaged onto a 2x2 grid; the training cache holds exactly
-    what the loaded world model's encode() computes from the same frames."""
+@pytest.mark.parametrize("keypoints", [None, 2.0])
+def test_latent_cache_matches_encoding_on_the_fly_with_a_pooled_grid(tiny_inputs, tmp_path,
+                                                                     keypoints):
+    """pool=2: latents are the tokens averaged onto a 2x2 grid (plus, with keypoints, each
+    channel's soft-argmax x, y); the training cache holds exactly what the loaded world model's
+    encode() computes from the same frames."""
     from jepalab.data.loaders import TransitionDataset
     from jepalab.objectives.worldmodel import FROZEN, WorldModelObjective
     from jepalab.train.worldmodel import LatentCache
 
     data, enc = tiny_inputs
     path = train_worldmodel(
-        _cfg(tmp_path / "p2", enc, data, "--predictor.pool=2", "--steps=3", "--ckpt_every=3"),
+        _cfg(tmp_path / "p2", enc, data, "--predictor.pool=2", "--steps=3", "--ckpt_every=3",
+             *([f"--predictor.keypoints={keypoints}"] if keypoints else [])),
         progress=False,
     )
     wm = load_world_model(path)
-    assert wm.manifest["latent"]["pool"] == 2 and wm.manifest["latent"]["shape"] == [64 * 4]
+    dim = 64 * (4 if keypoints is None else 6)
+    assert wm.manifest["latent"]["pool"] == 2 and wm.manifest["latent"]["shape"] == [dim]
+    assert wm.manifest["latent"]["keypoints"] == keypoints
     store = TrajectoryStore.open(data)
     base = TransitionDataset(store, 2, episodes=[0, 1])
     models = torch.nn.ModuleDict({FROZEN: wm.encoder, "latent_norm": wm.latent_norm})
@@ -308,7 +314,7 @@ def test_latent_cache_matches_encoding_on_the_fly_with_a_pooled_grid(tiny_inputs
     tr = store.transition(e, t, 2)
     with torch.inference_mode():
         want = wm.encode(torch.from_numpy(tr["obs"]))  # standardised
-    assert item["obs"].shape == (3, 256)
+    assert item["obs"].shape == (3, dim)
     for key in ("actions", "states"):  # held in memory, the same rows as the store's
         torch.testing.assert_close(item[key], torch.from_numpy(tr[key]))
     torch.testing.assert_close(wm.latent_norm(item["obs"]), want, atol=1e-5, rtol=1e-5)

@@ -244,3 +244,28 @@ def test_the_value_reads_a_coarser_grid_than_the_predictor():
 
 
 QUASIMETRIC_FIELDS = {"form": "metric", "learning": "quasimetric"}
+
+
+def test_keypoints_locate_each_channel_on_the_token_grid():
+    """predictor.keypoints: after the pooled grid, each channel's soft-argmax (x then y, in
+    (0, 1), row-major tokens); cold, it is the position of the channel's peak token, hot the
+    grid's centre (tokens are layer-normed first). Only the MLP predictor reads it and the
+    value cannot re-pool it."""
+    from jepalab.config import PredictorConfig, WorldModelConfig
+    from jepalab.objectives.worldmodel import encode_latents
+
+    h = torch.full((1, 16, 4), -1.0)  # a 4 x 4 grid of 4 channels
+    h[0, 1 * 4 + 3, 0] = h[0, 2 * 4 + 0, 1] = h[0, 0, 2] = 5.0
+    z = encode_latents(lambda x: h, None, 2, keypoints=0.01)
+    assert z.shape == (1, 4 * (4 + 2))
+    torch.testing.assert_close(z[0, 16:19], torch.tensor([0.875, 0.125, 0.125]))  # x
+    torch.testing.assert_close(z[0, 20:23], torch.tensor([0.375, 0.625, 0.125]))  # y
+    torch.testing.assert_close(encode_latents(lambda x: h, None, 2)[0], z[0, :16])
+    hot = encode_latents(lambda x: h, None, 1, keypoints=1e6)[0, 4:]
+    torch.testing.assert_close(hot, torch.full((8,), 0.5), atol=1e-4, rtol=0)
+    assert PredictorConfig(pool=2, keypoints=2.0).latent_dim(64) == 64 * 6
+    with pytest.raises(ValueError, match="keypoints: needs arch 'mlp'"):
+        PredictorConfig(arch="conv", keypoints=2.0)
+    with pytest.raises(ValueError, match="value.pool: reads a grid, not keypoints"):
+        WorldModelConfig(encoder="e", data={"path": "d"}, value={"pool": 1},
+                         predictor={"pool": 2, "keypoints": 1.0})

@@ -17,10 +17,13 @@
                                   path pairs the states wandering reaches (against a wall, in a
                                   corner) with the goal, which a learned cost-to-go needs and
                                   neither pure behaviour gives (benchmarks/planning_ceiling.py).
-    tour:P[,corr=C,scale=S]       as mixture:P, but a scripted episode tours: the expert goes
+    tour:P[,corr=C,scale=S,edge=E]  as mixture:P, but a scripted episode tours: the expert goes
                                   to a random point of the scene (``waypoint``), then to the
                                   next, ... (``policy.mode`` "tour"); its path pairs starts and
                                   goals from all over the layout, each leg a near-shortest path.
+                                  With probability E (default 0) a waypoint is pressed against
+                                  an obstacle (``waypoint(rng, edge=True)``: the wall's faces),
+                                  so legs also start where a stuck planner ends.
 
 ``policy.spec`` is the canonical spec with every default written out; two specs that mean the
 same policy have the same canonical spec (datasets compare it when resuming).
@@ -40,7 +43,7 @@ _DEFAULTS: dict[str, dict[str, float]] = {
     "expert": {"noise": 0.0},
     "mixture": {"p": 0.5, "corr": 0.8, "scale": 0.6},
     "explore": {"steps": 40.0, "p": 0.5, "corr": 0.8, "scale": 0.6},
-    "tour": {"p": 0.5, "corr": 0.8, "scale": 0.6},
+    "tour": {"p": 0.5, "corr": 0.8, "scale": 0.6, "edge": 0.0},
 }
 KINDS = tuple(_DEFAULTS)
 # The parameter a bare leading number sets.
@@ -78,6 +81,7 @@ def parse_policy_spec(spec: str) -> tuple[str, dict[str, float]]:
             raise JepalabError(f"policy {spec!r}: {key}={value!r} is not a number") from None
     checks = {
         "p": (lambda v: 0.0 <= v <= 1.0, "in [0, 1]"),
+        "edge": (lambda v: 0.0 <= v <= 1.0, "in [0, 1]"),
         "corr": (lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
         "scale": (lambda v: v > 0.0, "> 0"),
         "noise": (lambda v: v >= 0.0, ">= 0"),
@@ -239,7 +243,9 @@ class TourPolicy(ExpertPolicy):
         u = env.unwrapped
         try:
             if self.target is None or u.reached(self.target):
-                self.target = u.waypoint(rng)
+                p = self.params["edge"]
+                edge = p > 0 and rng.random() < p  # no draw at edge 0: tours as before
+                self.target = u.waypoint(rng, edge=True) if edge else u.waypoint(rng)
         except (AttributeError, NotImplementedError):
             raise JepalabError(
                 f"policy 'tour': scene {type(u).__name__} has no waypoint(); use 'explore'"
@@ -253,7 +259,7 @@ class TourMixture(MixturePolicy):
     def __init__(self, action_space: gym.spaces.Box, params: dict[str, float]) -> None:
         super().__init__(action_space, params)
         self.spec = _spec("tour", params)
-        self.expert = TourPolicy(action_space, {"noise": 0.0})
+        self.expert = TourPolicy(action_space, {"noise": 0.0, "edge": params["edge"]})
 
 
 def make_policy(

@@ -120,9 +120,11 @@ class SceneEnv(gym.Env):
         """Scripted action in [-1, 1]^A for the current state (for data collection)."""
         raise NotImplementedError
 
-    def waypoint(self, rng: np.random.Generator) -> np.ndarray:
+    def waypoint(self, rng: np.random.Generator, edge: bool = False) -> np.ndarray:
         """A random target for ``expert_action(rng, target)`` (tours, ``policy: tour``) and
-        ``reached(target)``: scenes whose expert can go anywhere define the three."""
+        ``reached(target)``: scenes whose expert can go anywhere define the three. ``edge``: a
+        target where an obstacle stops the agent (``tour:...,edge=E``); scenes without one
+        raise ValueError."""
         raise NotImplementedError
 
     def reached(self, target: np.ndarray) -> bool:

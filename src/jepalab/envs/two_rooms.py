@@ -254,9 +254,16 @@ class TwoRoomsEnv(SceneEnv):
         a = a + rng.normal(0.0, self.expert_noise, size=2)
         return np.clip(a, -1.0, 1.0).astype(np.float32)
 
-    def waypoint(self, rng: np.random.Generator) -> np.ndarray:
-        """A random free point of either room: the next target of a tour (`policy: tour`)."""
-        return self._room_point(rng, int(rng.choice([-1, 1])))
+    def waypoint(self, rng: np.random.Generator, edge: bool = False) -> np.ndarray:
+        """A random free point of either room: the next target of a tour (`policy: tour`); with
+        ``edge``, a point pressed against either face of the wall (at any height, so a tour's
+        next leg slides along the wall from where a planner gets stuck)."""
+        side = int(rng.choice([-1, 1]))
+        if not edge:
+            return self._room_point(rng, side)
+        xl, xr, _, _ = self._slab()
+        m = self.agent_radius
+        return np.array([xl if side < 0 else xr, rng.uniform(m, 1 - m)])
 
     def reached(self, target: np.ndarray) -> bool:
         return bool(np.linalg.norm(self.agent - np.asarray(target)) < self.success_radius)

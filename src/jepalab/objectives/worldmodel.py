@@ -86,11 +86,14 @@ class LatentNorm(nn.Module):
 
 
 def encode_latents(
-    encoder: Callable[[Tensor], Tensor], x: Tensor, pool: int, norm: LatentNorm | None = None
+    encoder: Callable[[Tensor], Tensor], x: Tensor, pool: int, norm: LatentNorm | None = None,
+    keypoints: float | None = None,
 ) -> Tensor:
     """Normalised images [B, C, H, W] -> latents, float32, standardised by `norm` when given:
     pool 0: layer-normed tokens [B, N, D]; pool p >= 1: those tokens averaged onto a p x p grid
-    and flattened, [B, D * p * p] (p = 1: the mean token)."""
+    and flattened, [B, D * p * p] (p = 1: the mean token); with `keypoints` (a temperature T),
+    followed by each channel's soft-argmax over the token grid, [B, D] of x then [B, D] of y in
+    (0, 1): sum_n softmax_n(h_nd / T) * position_n (`PredictorConfig.keypoints`)."""
     h = encoder(x).float()
     h = F.layer_norm(h, h.shape[-1:])
     if pool:
@@ -98,7 +101,12 @@ def encode_latents(
         if side * side != h.shape[1]:
             raise JepalabError(f"latent pooling needs a square token grid, got {h.shape[1]}")
         grid = rearrange(h, "b (y x) d -> b d y x", y=side)
-        h = F.adaptive_avg_pool2d(grid, pool).flatten(1)
+        parts = [F.adaptive_avg_pool2d(grid, pool).flatten(1)]
+        if keypoints is not None:
+            w = torch.softmax(grid.flatten(2) / keypoints, -1)  # [B, D, N], tokens row-major
+            at = (torch.arange(side, device=h.device, dtype=h.dtype) + 0.5) / side
+            parts += [w @ at.repeat(side), w @ at.repeat_interleave(side)]  # x, y
+        h = torch.cat(parts, 1)
     return norm(h) if norm is not None else h
 
 
@@ -140,6 +148,7 @@ class WorldModelObjective(Objective):
         self.action_dim, self.state_dim = action_dim, state_dim
         self.pooled = run.predictor.pooled
         self.pool = run.predictor.pool if self.pooled else 0
+        self.keypoints = run.predictor.keypoints
         self.use_state = run.predictor.use_state
 
     def build(self, encoder: nn.Module) -> nn.ModuleDict:
@@ -190,7 +199,7 @@ class WorldModelObjective(Objective):
         enc.eval()  # train_step calls models.train(); the frozen encoder must stay in eval mode
         b, t = x.shape[:2]
         with torch.no_grad():
-            z = encode_latents(enc.tokens, x.flatten(0, 1), self.pool, norm)
+            z = encode_latents(enc.tokens, x.flatten(0, 1), self.pool, norm, self.keypoints)
         return z.reshape(b, t, *z.shape[1:])
 
     def _distance(self, pred: Tensor, target: Tensor) -> Tensor:

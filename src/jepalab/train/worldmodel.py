@@ -89,6 +89,7 @@ def train_worldmodel(
         "latent": {
             "kind": "pooled" if objective.pooled else "tokens",
             "pool": objective.pool,
+            "keypoints": objective.keypoints,
             "shape": z_shape,
             "layernorm": True,
             "standardised": {"frames": n_stats, "sampled_from": "train_episodes"},
@@ -261,8 +262,10 @@ class WorldModel(nn.Module):
                 f"{pixels.dtype} {list(pixels.shape)}"
             )
         x = normalize_pixels(pixels.movedim(-1, -3))
-        pool = int(self.manifest["latent"].get("pool", 1)) if self.pooled else 0
-        return encode_latents(self.encoder.tokens, x, pool, self.latent_norm)
+        latent = self.manifest["latent"]
+        pool = int(latent.get("pool", 1)) if self.pooled else 0
+        return encode_latents(self.encoder.tokens, x, pool, self.latent_norm,
+                              latent.get("keypoints"))
 
     def encode_frames(self, frames: np.ndarray, batch: int = 256, flat: bool = False) -> Tensor:
         """Many frames, uint8 numpy [..., H, W, 3] -> latents [..., D] or [..., N, D] on the
