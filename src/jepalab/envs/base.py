@@ -123,8 +123,7 @@ class SceneEnv(gym.Env):
     def waypoint(self, rng: np.random.Generator, edge: bool = False) -> np.ndarray:
         """A random target for ``expert_action(rng, target)`` (tours, ``policy: tour``) and
         ``reached(target)``: scenes whose expert can go anywhere define the three. ``edge``: a
-        target where an obstacle stops the agent (``tour:...,edge=E``); scenes without one
-        raise ValueError."""
+        target pressed against an obstacle (``tour:...,edge=E``)."""
         raise NotImplementedError
 
     def reached(self, target: np.ndarray) -> bool:
