@@ -1,17 +1,22 @@
 """Planning time per MPC step versus samples x horizon, and world-model forward throughput.
 
-The unroll is jepalab's ACMLP at the demo world model's size (latent 512 = 128-d tokens pooled
-onto 2x2, width 512, depth 3, A=2), run autoregressively over the horizon with all candidates in
-one batch, fp32. One "step" is one plan call (what MPC spends per env step with replan_every=1):
-`iterations` unroll calls of samples x horizon transitions, plus the planner's own sampling
-and distribution updates ("overhead" = plan time not spent inside the unroll).
+Two world models (`--arch`), run autoregressively over the horizon with all candidates in one
+batch: `mlp` (default) is jepalab's ACMLP at the demo world model's size (latent 512 = 128-d
+tokens pooled onto 2x2, width 512, depth 3, A=2); `transformer` is the token-level, block-causal
+ACTransformer (V-JEPA 2-AC style) over the micro ViT's 8x8 tokens of 128 dims, width 256,
+depth 4, 4 heads, 2 frames of context: the largest world model the configs ship
+(configs/worldmodel_two_rooms.yaml). One "step" is one plan call (what MPC spends per env
+step with replan_every=1): `iterations` unroll calls of samples x horizon transitions, plus the
+planner's own sampling and distribution updates ("overhead" = plan time not spent inside the
+unroll). `--dtype bf16` runs the unroll under bf16 autocast.
 
-    python benchmarks/planning.py [--quick] [--out runs/bench/planning.json] [--device cpu]
+    python benchmarks/planning.py [--quick] [--arch mlp|transformer] [--device cpu] [--out P]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import platform
 import statistics
 import time
@@ -19,24 +24,35 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from jepalab.io import atomic_write_json, git_info, now_iso
-from jepalab.models.ac_predictor import ACMLP
+from jepalab.models.ac_predictor import ACMLP, ACPredictor, ACTransformer
 from jepalab.planning import PlannerConfig, goal_energy, plan
 
-# The demo's world model (configs/demo/worldmodel.yaml): micro-ViT tokens (D=128) pooled onto a
-# 2x2 grid -> latent 512, residual MLP width 512, depth 3, two-rooms actions (A=2).
-D, HIDDEN, DEPTH, A = 512, 512, 3, 2
+A = 2  # two-rooms actions
+ARCHS = {  # name -> (predictor kwargs, latent shape of one frame)
+    # the demo's world model (configs/demo/worldmodel.yaml): micro-ViT tokens (D=128) pooled
+    # onto a 2x2 grid -> latent 512, residual MLP width 512, depth 3
+    "mlp": (lambda: ACMLP(512, A, 0, width=512, depth=3), (512,)),
+    "transformer": (lambda: ACTransformer(128, (8, 8), A, 0, width=256, depth=4, heads=4,
+                                          context=2), (64, 128)),
+}
 
 
-class Model(ACMLP):
-    def unroll_from(self, z0: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        """z0 [1, D], actions [S, H, A] -> [S, H, D] (what WorldModel.unroll_from runs)."""
-        return self.rollout(z0.expand(actions.shape[0], -1), actions)
+def unroll_from(model: ACPredictor, z0: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+    """z0 [1, ...], actions [S, H, A] -> [S, H, ...] (what WorldModel.unroll_from runs)."""
+    return model.rollout(z0.expand(actions.shape[0], *z0.shape[1:]), actions)
 
 
-def flops_per_transition() -> int:
-    return 2 * ((D + A) * HIDDEN + (DEPTH - 1) * HIDDEN * HIDDEN + HIDDEN * D)
+def flops_per_transition(model: ACPredictor, shape: tuple[int, ...], device: str) -> float:
+    """Counted on a 4-step rollout of 8 candidates (the transformer's cost grows with context
+    up to its `context` frames, then stays)."""
+    z0 = torch.zeros(1, *shape, device=device)
+    a = torch.zeros(8, 4, A, device=device)
+    with torch.inference_mode(), FlopCounterMode(display=False) as fc:
+        unroll_from(model, z0, a)
+    return fc.get_total_flops() / (8 * 4)
 
 
 def machine(device: str) -> dict[str, Any]:
@@ -60,11 +76,11 @@ def sync(device: str) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_plan(model: Model, method: str, samples: int, horizon: int, iterations: int,
-              repeats: int, device: str) -> dict[str, Any]:
+def time_plan(model: ACPredictor, shape: tuple[int, ...], method: str, samples: int,
+              horizon: int, iterations: int, repeats: int, device: str, amp) -> dict[str, Any]:
     gen = torch.Generator(device=device).manual_seed(0)
-    z0 = torch.randn(1, D, generator=gen, device=device)
-    goal = torch.randn(D, generator=gen, device=device)
+    z0 = torch.randn(1, *shape, generator=gen, device=device)
+    goal = torch.randn(*shape, generator=gen, device=device)
     cfg = PlannerConfig(method=method, horizon=horizon, samples=samples, iterations=iterations,
                         action_dim=A)
     cost = goal_energy(goal)
@@ -72,7 +88,8 @@ def time_plan(model: Model, method: str, samples: int, horizon: int, iterations:
 
     def unroll(actions: torch.Tensor) -> torch.Tensor:
         t = time.perf_counter()
-        z = model.unroll_from(z0, actions)
+        with amp():
+            z = unroll_from(model, z0, actions).float()
         sync(device)
         unroll_s[0] += time.perf_counter() - t
         return z
@@ -95,12 +112,13 @@ def time_plan(model: Model, method: str, samples: int, horizon: int, iterations:
             "transitions_per_s": transitions / med}
 
 
-def time_forward(model: Model, batch: int, repeats: int, device: str) -> dict[str, Any]:
+def time_forward(model: ACPredictor, shape: tuple[int, ...], batch: int, repeats: int,
+                 device: str, amp, flops: float) -> dict[str, Any]:
     gen = torch.Generator(device=device).manual_seed(0)
-    z = torch.randn(batch, 1, D, generator=gen, device=device)
+    z = torch.randn(batch, 1, *shape, generator=gen, device=device)
     a = torch.rand(batch, 1, A, generator=gen, device=device) * 2 - 1
     reps = max(1, 20_000 // batch)  # ~20k transitions per timing
-    with torch.inference_mode():
+    with torch.inference_mode(), amp():
         model(z, a)
         times = []
         for _ in range(repeats):
@@ -112,7 +130,7 @@ def time_forward(model: Model, batch: int, repeats: int, device: str) -> dict[st
             times.append((time.perf_counter() - t) / reps)
     med = statistics.median(times)
     return {"batch": batch, "ms_per_forward": 1e3 * med, "transitions_per_s": batch / med,
-            "gflops": batch * flops_per_transition() / med / 1e9}
+            "gflops": batch * flops / med / 1e9}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -122,6 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--iterations", type=int, default=4)
     p.add_argument("--methods", default="cem,mppi")
+    p.add_argument("--arch", choices=sorted(ARCHS), default="mlp")
+    p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
     args = p.parse_args(argv)
 
     samples = [64, 256] if args.quick else [64, 256, 1024]
@@ -130,23 +150,33 @@ def main(argv: list[str] | None = None) -> int:
     repeats = 3 if args.quick else 7
     mach = machine(args.device)
     print(f"machine: torch {mach['torch']}, {mach['threads']} threads, {mach['cpu']}, "
-          f"python {mach['python']}, device {args.device}, fp32")
+          f"python {mach['python']}, device {mach.get('gpu', args.device)}, {args.dtype}")
 
     torch.manual_seed(0)  # weights only; planning draws from its own generator
-    model = Model(D, A, 0, width=HIDDEN, depth=DEPTH).to(args.device).eval()
-    plans = [time_plan(model, m, s, h, args.iterations, repeats, args.device)
+    make, shape = ARCHS[args.arch]
+    model = make().to(args.device).eval()
+    dev_type = torch.device(args.device).type
+
+    def amp():
+        if args.dtype == "bf16":
+            return torch.autocast(dev_type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    flops = flops_per_transition(model, shape, args.device)
+    plans = [time_plan(model, shape, m, s, h, args.iterations, repeats, args.device, amp)
              for m in args.methods.split(",") for s in samples for h in horizons]
-    fwd = [time_forward(model, b, repeats, args.device) for b in batches]
+    fwd = [time_forward(model, shape, b, repeats, args.device, amp, flops) for b in batches]
 
     print(f"\nPlanning time per step (one plan call, {args.iterations} iterations, "
-          f"ACMLP D={D} width={HIDDEN} depth={DEPTH} A={A}); median of {repeats}\n")
+          f"{type(model).__name__} {args.arch}, latent {list(shape)}, A={A}); "
+          f"median of {repeats}\n")
     print("| method | samples | horizon | ms / step | unroll share | transitions/s |")
     print("|---|---:|---:|---:|---:|---:|")
     for r in plans:
         print(f"| {r['method']} | {r['samples']} | {r['horizon']} | {r['plan_ms_median']:.2f} | "
               f"{r['unroll_share']:.0%} | {r['transitions_per_s']:,.0f} |")
     print(f"\nWorld-model forward (one step, inference mode, "
-          f"{flops_per_transition() / 1e3:.0f} kFLOP/transition)\n")
+          f"{flops / 1e3:,.0f} kFLOP/transition)\n")
     print("| batch | ms / forward | transitions/s | GFLOP/s |")
     print("|---:|---:|---:|---:|")
     for r in fwd:
@@ -154,9 +184,9 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['gflops']:.1f} |")
     out = atomic_write_json(args.out, {
         "benchmark": "planning", "created": now_iso(), "git": git_info(), "machine": mach,
-        "model": {"kind": "ACMLP", "latent_dim": D, "hidden": HIDDEN, "depth": DEPTH,
-                  "action_dim": A,
-                  "flops_per_transition": flops_per_transition(), "dtype": "float32"},
+        "model": {"kind": type(model).__name__, "arch": args.arch, "latent_shape": list(shape),
+                  "action_dim": A, "params": sum(p.numel() for p in model.parameters()),
+                  "flops_per_transition": flops, "dtype": args.dtype},
         "quick": args.quick, "repeats": repeats, "plans": plans, "forward": fwd})
     print(f"\nwrote {out}")
     return 0

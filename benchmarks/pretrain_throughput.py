@@ -40,7 +40,13 @@ from jepalab.io import atomic_write_json
 from jepalab.masks import build_mask_policy
 from jepalab.models.build import build_encoder
 from jepalab.objectives import build_objective
-from jepalab.train.loop import make_batch, make_optimizer, set_schedules, train_step
+from jepalab.train.loop import (
+    compile_trainable,
+    make_batch,
+    make_optimizer,
+    set_schedules,
+    train_step,
+)
 
 CASES = [  # (name, image size, patch, batch)
     ("vit_tiny 64px/p8", 64, 8, 64),
@@ -95,30 +101,41 @@ def matmul_peak(dtype: torch.dtype, reps: int) -> dict[str, float]:
     return out
 
 
-def make_cfg(size: int, patch: int, batch: int, precision: str) -> PretrainConfig:
+def make_cfg(size: int, patch: int, batch: int, precision: str, preset: str = PRESET,
+             device: str = "cpu", compile: bool = False) -> PretrainConfig:
     return build(PretrainConfig, {
-        "steps": 1000, "batch_size": batch, "precision": precision,
-        "data": {"image_size": size},
-        "model": {"preset": PRESET, "patch_size": patch, **PRED},
+        "steps": 1000, "batch_size": batch, "precision": precision, "device": device,
+        "compile": compile, "data": {"image_size": size},
+        "model": {"preset": preset, "patch_size": patch, **PRED},
         "mask": MASK,
     })
 
 
-def setup(size: int, patch: int, batch: int, precision: str):
-    cfg = make_cfg(size, patch, batch, precision)
+def setup(size: int, patch: int, batch: int, precision: str, preset: str = PRESET,
+          device: str = "cpu", compile: bool = False):
+    """Models, optimizer and masks as `jepalab pretrain` builds them; x: a uint8 batch in host
+    memory (as a loader yields it), moved to `device` by each step's `make_batch`."""
+    cfg = make_cfg(size, patch, batch, precision, preset, device, compile)
     torch.manual_seed(0)
     obj = build_objective(cfg)
-    models = obj.build(build_encoder(cfg))
+    models = obj.build(build_encoder(cfg)).to(device)
+    if compile:
+        compile_trainable(obj, models)
     policy = build_mask_policy("multiblock", models["encoder"].grid, **cfg.mask.params)
     opt = make_optimizer(models, obj.trainable(models), cfg.optim.lr)
     x = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8)
+    if device != "cpu":
+        x = x.pin_memory()
     return cfg, obj, models, policy, opt, x
 
 
 def one_step(cfg, obj, models, policy, opt, x, step: int) -> None:
     set_schedules(opt, step, cfg)
-    train_step(models, obj, opt, make_batch(x, step, cfg, policy, torch.device("cpu")), cfg)
+    batch = make_batch(x, step, cfg, policy, torch.device(cfg.device))
+    train_step(models, obj, opt, batch, cfg)
     obj.after_step(models, step + 1, cfg.steps)
+    if cfg.device == "cuda":
+        torch.cuda.synchronize()  # the step's time is its kernels' time, not their launch
 
 
 def config_line(name: str, size: int, patch: int, batch: int, policy) -> str:
@@ -129,18 +146,31 @@ def config_line(name: str, size: int, patch: int, batch: int, policy) -> str:
             f"step = {STEP}")
 
 
-def measure(size: int, patch: int, batch: int, precision: str, steps: int) -> dict:
-    """The first step (FLOP-counted) is the warm-up; the median of the next `steps` is reported."""
-    cfg, obj, models, policy, opt, x = setup(size, patch, batch, precision)
+def measure(size: int, patch: int, batch: int, precision: str, steps: int,
+            preset: str = PRESET, device: str = "cpu", compile: bool = False) -> dict:
+    """The first step (FLOP-counted) is the warm-up; the median of the next `steps` is reported.
+    Under `compile` the FLOPs are counted on an eager copy (the counter does not see inside
+    compiled graphs) and the first `steps` steps after the compiling one are warm-up too."""
+    cfg, obj, models, policy, opt, x = setup(size, patch, batch, precision, preset, device)
     t = time.perf_counter()
     with FlopCounterMode(display=False) as fc:
         one_step(cfg, obj, models, policy, opt, x, 0)
     first = time.perf_counter() - t
     flops = fc.get_total_flops()
+    done = 1
+    if compile:
+        del models, opt
+        cfg, obj, models, policy, opt, x = setup(size, patch, batch, precision, preset, device,
+                                                 compile=True)
+        t = time.perf_counter()
+        for done in range(steps + 1):
+            one_step(cfg, obj, models, policy, opt, x, done)
+        first = time.perf_counter() - t  # compiling, with its recompiles for new mask sizes
+        done += 1
     times = []
     for s in range(steps):
         t = time.perf_counter()
-        one_step(cfg, obj, models, policy, opt, x, 1 + s)
+        one_step(cfg, obj, models, policy, opt, x, done + s)
         times.append(time.perf_counter() - t)
     dt = statistics.median(times) if times else first
     return {"images_per_s": batch / dt, "step_s": dt, "step_times_s": times,

@@ -106,9 +106,11 @@ def test_evaluate_resumes_after_a_kill_without_duplicates(arms, tmp_path):
     contract = _contract(arms, tmp_path, episodes=3)
     db = tmp_path / "run" / "episodes.sqlite"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    proc = subprocess.Popen([sys.executable, "-m", "jepalab.cli", "evaluate", str(contract),
-                             "--quiet"], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    err = tmp_path / "stderr.log"
+    with err.open("w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "jepalab.cli", "evaluate",
+                                 str(contract), "--quiet"], env=env, stdout=subprocess.DEVNULL,
+                                stderr=log)
     n = 0
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
@@ -123,7 +125,8 @@ def test_evaluate_resumes_after_a_kill_without_duplicates(arms, tmp_path):
         time.sleep(0.05)
     proc.kill()
     proc.wait()
-    assert 2 <= n < 12, f"the run was not interrupted mid-matrix ({n} episodes stored)"
+    assert 2 <= n < 12, (f"the run was not interrupted mid-matrix ({n} episodes stored; "
+                         f"exit {proc.returncode}): {err.read_text()[-2000:]}")
     assert not (tmp_path / "run" / "evidence.json").exists()
     assert main(["evaluate", str(contract), "--quiet"]) == 0
     with sqlite3.connect(db) as c:

@@ -95,6 +95,7 @@ def test_checkpoint_records_encoder_data_split_and_holds_predictor_only(trained,
     assert manifest["latent"] == {
         "kind": "pooled",
         "pool": 1,
+        "keypoints": None,
         "shape": [64],
         "layernorm": True,
         "standardised": {"frames": n_train, "sampled_from": "train_episodes"},

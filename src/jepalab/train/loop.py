@@ -185,7 +185,7 @@ def make_batch(
 
     part: this rank's rows of the global batch; masks are drawn for the global batch and sliced,
     so every sample gets the same masks whatever the world size."""
-    x = item if isinstance(item, torch.Tensor) else item["obs"]
+    x = (item if isinstance(item, torch.Tensor) else item["obs"]).to(device, non_blocking=True)
     extra = (
         {}
         if isinstance(item, torch.Tensor)
@@ -196,8 +196,9 @@ def make_batch(
     if part is not None:
         masks = [distributed.shard_masks(m, part) for m in masks]
     return Batch(
-        # uint8 pixels are normalised; float items are precomputed latents, used as they are
-        x=(normalize_pixels(x) if x.dtype == torch.uint8 else x).to(device, non_blocking=True),
+        # uint8 pixels travel as bytes and are normalised on the device; float items are
+        # precomputed latents, used as they are
+        x=(normalize_pixels(x) if x.dtype == torch.uint8 else x),
         masks=[m.to(device) for m in masks],
         generator=gen,
         monitor=(step + 1) % cfg.monitor_every == 0,
