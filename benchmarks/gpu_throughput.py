@@ -7,7 +7,8 @@ FLOPs are counted on the first (eager) step by torch's FlopCounterMode. MFU is r
 the chip's dense bf16 spec (H100 / H200 SXM: 989.4 TFLOP/s) and against an 8192^3 bf16 matmul
 measured in the same run. Needs a CUDA device; nothing else in jepalab does.
 
-    python benchmarks/gpu_throughput.py [--batch 128] [--steps 10] [--no-compile] [--out P]
+    python benchmarks/gpu_throughput.py [--batch 128] [--steps 10] [--profile] [--out P]
+        [--cases fp32,bf16,bf16+compile]
 """
 
 from __future__ import annotations
@@ -18,9 +19,13 @@ import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.profiler import ProfilerActivity, profile
 
 from jepalab.io import atomic_write_json, git_info, now_iso
-from pretrain_throughput import MASK, PRED, STEP, measure, setup
+from jepalab.models.vit import additive_mask
+from pretrain_throughput import MASK, PRED, STEP, measure, one_step, setup
 
 SPEC_BF16_TFLOPS = {"H100": 989.4, "H200": 989.4}  # dense, SXM, per the data sheets
 
@@ -51,12 +56,63 @@ def mask_draw_ms(batch: int, reps: int = 20) -> float:
     return 1e3 * statistics.median(times)
 
 
+def profile_step(preset: str, batch: int, rows: int = 25) -> dict:
+    """Profile one eager bf16 step (after two warm-ups): top ops by device and by host time."""
+    cfg, obj, models, policy, opt, x = setup(224, 16, batch, "bf16", preset, "cuda")
+    for step in range(2):
+        one_step(cfg, obj, models, policy, opt, x, step)
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        one_step(cfg, obj, models, policy, opt, x, 2)
+    ev = prof.key_averages()
+    print(ev.table(sort_by="self_device_time_total", row_limit=rows))
+    print(ev.table(sort_by="self_cpu_time_total", row_limit=15))
+    top = sorted(ev, key=lambda e: -e.self_device_time_total)[:rows]
+    return {
+        "device_s": sum(e.self_device_time_total for e in ev) / 1e6,
+        "host_s": sum(e.self_cpu_time_total for e in ev) / 1e6,
+        "launches": sum(e.count for e in ev if "LaunchKernel" in e.key),
+        "top_device": [{"op": e.key, "self_device_s": e.self_device_time_total / 1e6,
+                        "calls": e.count} for e in top]}
+
+
+def attention_ms(batch: int, heads: int, n: int, d: int, reps: int = 20) -> dict:
+    """fwd+bwd ms of one SDPA call at the encoder's shape: no mask (as the target encoder), and
+    with the context encoder's additive key mask [B, 1, 1, N] under each usable backend."""
+    q, k, v = (torch.randn(batch, heads, n, d, device="cuda", dtype=torch.bfloat16,
+                           requires_grad=True) for _ in range(3))
+    keep = torch.rand(batch, 1, 1, n, device="cuda") > 0.3
+    keep[..., 0] = True
+    cases = {"no mask": None, "additive key mask": additive_mask(keep, torch.bfloat16),
+             "bool key mask": keep}
+    out = {}
+    for name, mask in cases.items():
+        for backend in ("FLASH_ATTENTION", "EFFICIENT_ATTENTION", "CUDNN_ATTENTION", "MATH"):
+            try:
+                with sdpa_kernel(getattr(SDPBackend, backend)):
+                    for i in range(reps + 3):
+                        if i == 3:
+                            torch.cuda.synchronize()
+                            t = time.perf_counter()
+                        F.scaled_dot_product_attention(q, k, v, attn_mask=mask).sum().backward()
+                    torch.cuda.synchronize()
+                out[f"{name} / {backend}"] = 1e3 * (time.perf_counter() - t) / reps
+            except RuntimeError:
+                out[f"{name} / {backend}"] = None
+    for key, ms in out.items():
+        print(f"# SDPA fwd+bwd {batch}x{heads}x{n}x{d} {key}: "
+              f"{'unusable' if ms is None else f'{ms:.2f} ms'}")
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--preset", default="large")
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--steps", type=int, default=10, help="timed steps per row")
-    p.add_argument("--no-compile", action="store_true", help="skip the torch.compile row")
+    p.add_argument("--cases", default="fp32,bf16,bf16+compile",
+                   help="rows to time, of fp32, bf16, bf16+compile")
+    p.add_argument("--profile", action="store_true",
+                   help="also profile one eager bf16 step and time SDPA's backends")
     p.add_argument("--out", default="runs/bench/gpu_throughput.json")
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
@@ -80,7 +136,11 @@ def main(argv: list[str] | None = None) -> int:
         "config": {"preset": args.preset, "image_size": 224, "patch": 16, "batch": args.batch,
                    **PRED, "mask": MASK, "step": STEP, "steps": args.steps}}
     rows: list[dict] = []
-    cases = [("fp32", False), ("bf16", False)] + ([] if args.no_compile else [("bf16", True)])
+    if args.profile:
+        head["attention_ms"] = attention_ms(args.batch, 16, 196, 64)
+        head["profile_bf16"] = profile_step(args.preset, args.batch)
+        atomic_write_json(Path(args.out), head)
+    cases = [(c.split("+")[0], c.endswith("+compile")) for c in args.cases.split(",") if c]
     print("\n| precision | compile | images/s | step ms | GFLOP/step | TFLOP/s | MFU (spec) | "
           "MFU (measured peak) | first step(s) s | peak memory GiB |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
