@@ -111,6 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=10, help="timed steps per row")
     p.add_argument("--cases", default="fp32,bf16,bf16+compile",
                    help="rows to time, of fp32, bf16, bf16+compile")
+    p.add_argument("--no-cudnn-sdp", action="store_true",
+                   help="disable cuDNN's SDPA kernels (torch.backends.cuda.enable_cudnn_sdp)")
     p.add_argument("--profile", action="store_true",
                    help="also profile one eager bf16 step and time SDPA's backends")
     p.add_argument("--out", default="runs/bench/gpu_throughput.json")
@@ -119,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("gpu_throughput.py: no CUDA device (this benchmark measures the GPU)")
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
+    if args.no_cudnn_sdp:
+        torch.backends.cuda.enable_cudnn_sdp(False)
     name = torch.cuda.get_device_name()
     spec = next((v for k, v in SPEC_BF16_TFLOPS.items() if k in name), None)
     peak = matmul_peak_tflops()
@@ -133,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "gpu_throughput", "created": now_iso(), "git": git_info(), "gpu": name,
         "torch": torch.__version__, "cuda": torch.version.cuda, "spec_bf16_tflops": spec,
         "matmul_peak_bf16_tflops": peak, "mask_draw_ms": masks,
+        "cudnn_sdp": not args.no_cudnn_sdp,
         "config": {"preset": args.preset, "image_size": 224, "patch": 16, "batch": args.batch,
                    **PRED, "mask": MASK, "step": STEP, "steps": args.steps}}
     rows: list[dict] = []
@@ -158,9 +163,10 @@ def main(argv: list[str] | None = None) -> int:
               f"{100 * r['mfu_measured_peak']:.1f} % | {r['first_step_s']:.1f} | "
               f"{r['peak_memory_gib']:.1f} |", flush=True)
         torch.cuda.empty_cache()
+        print("# step ms: " + " ".join(f"{1e3 * t:.0f}" for t in r["step_times_s"]))
         head["rows"] = rows
-        out = atomic_write_json(Path(args.out), head)  # after every row: a killed run keeps some
-    print(f"wrote {out}")
+        atomic_write_json(Path(args.out), head)  # after every row: a killed run keeps some
+    print(f"wrote {args.out}")
     return 0
 
 
