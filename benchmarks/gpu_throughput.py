@@ -8,7 +8,7 @@ the chip's dense bf16 spec (H100 / H200 SXM: 989.4 TFLOP/s) and against an 8192^
 measured in the same run. Needs a CUDA device; nothing else in jepalab does.
 
     python benchmarks/gpu_throughput.py [--batch 128] [--steps 10] [--profile] [--out P]
-        [--cases fp32,bf16,bf16+compile]
+        [--cases fp32,bf16,bf16+compile] [--cudnn-sdp]
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from jepalab.io import atomic_write_json, git_info, now_iso
 from jepalab.models.vit import additive_mask
+from jepalab.train.loop import pick_device
 from pretrain_throughput import MASK, PRED, STEP, measure, one_step, setup
 
 SPEC_BF16_TFLOPS = {"H100": 989.4, "H200": 989.4}  # dense, SXM, per the data sheets
@@ -111,8 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=10, help="timed steps per row")
     p.add_argument("--cases", default="fp32,bf16,bf16+compile",
                    help="rows to time, of fp32, bf16, bf16+compile")
-    p.add_argument("--no-cudnn-sdp", action="store_true",
-                   help="disable cuDNN's SDPA kernels (torch.backends.cuda.enable_cudnn_sdp)")
+    p.add_argument("--cudnn-sdp", action="store_true",
+                   help="re-enable cuDNN's SDPA kernels, which the trainer turns off on CUDA")
     p.add_argument("--profile", action="store_true",
                    help="also profile one eager bf16 step and time SDPA's backends")
     p.add_argument("--out", default="runs/bench/gpu_throughput.json")
@@ -121,8 +122,8 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("gpu_throughput.py: no CUDA device (this benchmark measures the GPU)")
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
-    if args.no_cudnn_sdp:
-        torch.backends.cuda.enable_cudnn_sdp(False)
+    pick_device("cuda")  # the trainer's device set-up (it turns cuDNN's SDPA off)
+    torch.backends.cuda.enable_cudnn_sdp(args.cudnn_sdp)
     name = torch.cuda.get_device_name()
     spec = next((v for k, v in SPEC_BF16_TFLOPS.items() if k in name), None)
     peak = matmul_peak_tflops()
@@ -137,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "gpu_throughput", "created": now_iso(), "git": git_info(), "gpu": name,
         "torch": torch.__version__, "cuda": torch.version.cuda, "spec_bf16_tflops": spec,
         "matmul_peak_bf16_tflops": peak, "mask_draw_ms": masks,
-        "cudnn_sdp": not args.no_cudnn_sdp,
+        "cudnn_sdp": args.cudnn_sdp,
         "config": {"preset": args.preset, "image_size": 224, "patch": 16, "batch": args.batch,
                    **PRED, "mask": MASK, "step": STEP, "steps": args.steps}}
     rows: list[dict] = []

@@ -108,9 +108,15 @@ def use_bf16(precision: str, device_type: str) -> bool:
 
 def pick_device(name: str) -> torch.device:
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
         raise JepalabError("device: 'cuda' requested but no CUDA device is available")
+    if name == "cuda":
+        # cuDNN's SDPA builds a plan for every new sequence length, and masked pretraining
+        # changes the context length every step: on an H200 that took ViT-L/16 steps from
+        # 200 ms to 450-1,900 ms (benchmarks/gpu_throughput.py --cudnn-sdp). Flash and
+        # memory-efficient attention need no plan.
+        torch.backends.cuda.enable_cudnn_sdp(False)
     return torch.device(name)
 
 
