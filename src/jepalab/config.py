@@ -447,6 +447,10 @@ class ControllerConfig(Config):
         "cost-to-go (steps to the goal; needs a world model trained with `value`)")
     weights: Literal["final", "all"] = Field(
         "final", description="energy on the final predicted step, or averaged over all steps")
+    correct: float | None = Field(
+        None, gt=0, description="add the model's one-step errors on the episode's executed "
+        "steps back into plans near them (`EpisodeCorrection`), with this latent bandwidth "
+        "(in steps of motion); None: off. Markov (one-frame) world models only")
 
 
 class SceneConfig(Config):

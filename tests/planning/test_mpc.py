@@ -12,6 +12,7 @@ from PIL import Image
 from planning_helpers import PointEnv, encode_point, unroll_point
 
 from jepalab.planning import (
+    EpisodeCorrection,
     PlannerConfig,
     PlanningError,
     goal_energy,
@@ -112,3 +113,42 @@ def test_step_limits_and_bad_arguments():
                     torch.Generator().manual_seed(0), replan_every=7)
     with pytest.raises(PlanningError, match="write_gif"):
         write_gif([], np.zeros((4, 4, 3), np.uint8), "unused.gif")
+
+
+def _free(z0, actions):
+    """A model that knows no wall: z' = z + 0.2 a."""
+    return z0.expand(actions.shape[0], -1)[:, None] + 0.2 * torch.cumsum(actions, 1)
+
+
+def test_episode_correction_learns_a_wall_where_it_was_met_and_nowhere_else():
+    fix = EpisodeCorrection(_free)
+    right, up = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])
+    # two executed steps: a free one the model gets right, then a push into a wall at x = 0
+    fix.observe(torch.tensor([[-0.2, 0.0]]), right, torch.tensor([[0.0, 0.0]]))
+    fix.observe(torch.tensor([[0.0, 0.0]]), right, torch.tensor([[0.0, 0.0]]))
+    assert fix.r[0].abs().max() < 1e-6 and fix.r[1].tolist() == pytest.approx([-0.2, 0.0])
+    at_wall = torch.tensor([[0.0, 0.0]])
+    pushes = torch.stack([right.repeat(3, 1), up.repeat(3, 1)])  # [2 candidates, 3 steps, 2]
+    model, fixed = _free(at_wall, pushes), fix.unroll(at_wall, pushes)
+    assert model[0, -1, 0] == pytest.approx(0.6)
+    assert fixed[0, -1, 0] < 0.25 * 0.6  # into the wall: most of the phantom motion is gone
+    assert fixed[1] == pytest.approx(model[1], abs=0.02)  # along it: another action, unchanged
+    far = torch.tensor([[-0.8, 0.0]])  # far from every executed step: the model as it was
+    assert fix.unroll(far, pushes)[:, :2] == pytest.approx(_free(far, pushes)[:, :2], abs=1e-3)
+    empty = EpisodeCorrection(_free)
+    assert torch.equal(empty.unroll(far, pushes), _free(far, pushes))
+    with pytest.raises(PlanningError, match="scale"):
+        EpisodeCorrection(_free, scale=0.0)
+
+
+def test_mpc_with_a_correction_observes_every_executed_step():
+    env = PointEnv(max_episode_steps=40)
+    obs, _ = env.reset(seed=0)
+    fix = EpisodeCorrection(unroll_point)
+    res = run_episode(env, encode_point, unroll_point, point_cfg("cem"),
+                      torch.Generator().manual_seed(0), replan_every=2, obs=obs,
+                      weights="all", correction=fix)
+    assert res.success
+    assert len(fix.r) == res.steps - 1  # every step but the last, after which it stopped
+    # the model is the point's own dynamics: its one-step errors are the pixel grid's
+    assert max(float(r.abs().max()) for r in fix.r) < 2 / (env.size - 1)

@@ -20,7 +20,7 @@ from jepalab.errors import JepalabError
 from jepalab.eval.extras import save_frames
 from jepalab.eval.stats import wilson_ci
 from jepalab.io import atomic_write_json
-from jepalab.planning import PlannerConfig, run_episode, write_gif
+from jepalab.planning import EpisodeCorrection, PlannerConfig, run_episode, write_gif
 from jepalab.planning.mpc import UnrollFrom
 
 
@@ -61,6 +61,10 @@ def run_episodes(world_model: Any, scene: SceneConfig, ctrl: ControllerConfig, s
                perturb_seed=perturb_seed, **scene.kwargs)
     cfg = planner_config(ctrl, env.action_space)
     energy = world_model.value_energy(ctrl.weights) if ctrl.metric == "value" else None
+    if ctrl.correct and model is None and world_model.predictor.context != 1:
+        raise JepalabError("controller.correct: needs a Markov world model (predictor.arch "
+                           f"mlp or conv); this one attends to {world_model.predictor.context} "
+                           "frames")
     rows = []
     bar = tqdm(seeds, desc=f"plan {scene.name}{'+' + perturb if perturb else ''}",
                disable=not progress, unit="ep")
@@ -69,10 +73,11 @@ def run_episodes(world_model: Any, scene: SceneConfig, ctrl: ControllerConfig, s
         gen = torch.Generator().manual_seed(seed)
         with torch.inference_mode():
             unroll = model(env) if model is not None else world_model.unroll_from
+            fix = EpisodeCorrection(unroll, ctrl.correct) if ctrl.correct else None
             res = run_episode(env, world_model.encode, unroll, cfg, gen,
                               replan_every=ctrl.replan_every, max_steps=ctrl.max_steps,
                               record_frames=i < gifs, obs=obs, metric=ctrl.metric,
-                              weights=ctrl.weights, energy=energy)
+                              weights=ctrl.weights, energy=energy, correction=fix)
         if i < gifs and gif_dir is not None:
             write_gif(res.frames, res.goal_frame, gif_dir / f"episode_{seed}.gif")
         if i == 0 and frames_path is not None:

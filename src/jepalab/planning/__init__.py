@@ -24,7 +24,7 @@ from jepalab.planning.base import (
     step_energy,
 )
 from jepalab.planning.cem import cem
-from jepalab.planning.mpc import EpisodeResult, run_episode, write_gif
+from jepalab.planning.mpc import EpisodeCorrection, EpisodeResult, run_episode, write_gif
 from jepalab.planning.mppi import mppi
 
 __all__ = [
@@ -38,6 +38,7 @@ __all__ = [
     "mppi",
     "plan",
     "run_episode",
+    "EpisodeCorrection",
     "shift_plan",
     "write_gif",
 ]

@@ -64,6 +64,59 @@ class EpisodeResult:
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in skip}
 
 
+class EpisodeCorrection:
+    """The model's one-step errors on this episode's executed transitions, added back inside
+    every planned rollout: where the model is wrong about this scene (moves an agent into a
+    wall, say), plans starting near an executed transition see what happened instead.
+
+    Each executed step (z, a) -> z' stores the residual r = z' - model(z, a). A rollout step
+    from (z_h, a_h) adds sum_i k_i r_i / max(1, sum_i k_i), with k_i = exp(-d(z_h, z_i) / (2
+    scale * s) - |a_h - a_i|^2 / (2 action_scale^2)); d is the mean squared difference per
+    latent number and s the median d between consecutive executed frames (one step of motion).
+    Far from every executed transition the model is unchanged. For Markov (one-frame) models:
+    rollouts are stepped one action at a time."""
+
+    def __init__(self, unroll_from: UnrollFrom, scale: float = 1.0,
+                 action_scale: float = 0.5) -> None:
+        if scale <= 0 or action_scale <= 0:
+            raise PlanningError(
+                f"EpisodeCorrection: scale and action_scale must be > 0, got {scale}, "
+                f"{action_scale}")
+        self.unroll_from, self.scale, self.action_scale = unroll_from, scale, action_scale
+        self.z: list[Tensor] = []
+        self.a: list[Tensor] = []
+        self.r: list[Tensor] = []
+        self.moves: list[float] = []
+
+    def observe(self, z: Tensor, action: Tensor, z_next: Tensor) -> None:
+        """One executed step: z, z_next [1, ...] latents, action [A]."""
+        a = action.reshape(1, 1, -1).to(z.dtype)
+        self.r.append((z_next - self.unroll_from(z, a)[:, 0])[0])
+        self.z.append(z[0])
+        self.a.append(a[0, 0])
+        self.moves.append(float(((z_next - z) ** 2).mean()))
+
+    def unroll(self, z0: Tensor, actions: Tensor) -> Tensor:
+        """The planner's unroll (z0 [1, ...], actions [S, H, A] -> [S, H, ...]), corrected."""
+        if not self.r:
+            return self.unroll_from(z0, actions)
+        zs, rs = torch.stack(self.z).flatten(1), torch.stack(self.r).flatten(1)  # [M, D]
+        acts = torch.stack(self.a)  # [M, A]
+        s = max(float(np.median(self.moves)), 1e-6) * self.scale
+        z = z0.expand(actions.shape[0], *z0.shape[1:])
+        out = []
+        for h in range(actions.shape[1]):
+            a = actions[:, h]
+            nxt = self.unroll_from(z, a[:, None])[:, 0]
+            d = torch.cdist(z.flatten(1), zs) ** 2 / zs.shape[1]  # [S, M]
+            da = torch.cdist(a.to(acts.dtype), acts) ** 2
+            k = torch.exp(-d / (2 * s) - da / (2 * self.action_scale**2))
+            corr = (k @ rs) / k.sum(1, keepdim=True).clamp(min=1.0)
+            z = nxt + corr.view_as(nxt)
+            out.append(z)
+        return torch.stack(out, 1)
+
+
 def _step_limit(env: Any, max_steps: int | None) -> int:
     if max_steps is not None:
         if not isinstance(max_steps, int) or max_steps < 1:
@@ -90,6 +143,7 @@ def run_episode(
     metric: str = "l1",
     weights: str | Tensor = "final",
     energy: Callable[[Tensor], Cost] | None = None,
+    correction: EpisodeCorrection | None = None,
 ) -> EpisodeResult:
     """Run one goal-reaching episode from the env's current state (see module docstring).
 
@@ -101,6 +155,8 @@ def run_episode(
     the host as float32 numpy arrays for `env.step`.
     energy: another energy, goal latent -> cost callable (e.g. a cost-to-go); replaces
     metric and weights.
+    correction: an `EpisodeCorrection` of `unroll_from`, fresh for this episode: every frame
+    is then encoded, each executed step is observed, and plans use its corrected unroll.
     """
     if not isinstance(replan_every, int) or not 1 <= replan_every <= cfg.horizon:
         raise PlanningError(
@@ -119,17 +175,25 @@ def run_episode(
     ob: dict[str, Any] = {}
     prev: Tensor | None = None
     queue: list[np.ndarray] = []
+    unroll = correction.unroll if correction is not None else unroll_from
+    z_prev: Tensor | None = None
+    action = np.zeros(0, np.float32)
     while steps < limit:
-        if not queue:
+        if correction is not None or not queue:
             with torch.inference_mode():
                 z0 = encode(torch.from_numpy(pixels.copy())[None])
+                if correction is not None and z_prev is not None:
+                    correction.observe(z_prev, torch.from_numpy(action), z0)
+            z_prev = z0
+        if not queue:
             init = shift_plan(prev, replan_every) if cfg.warm_start and prev is not None else None
-            res = plan(partial(unroll_from, z0), cost, cfg, generator, init)
+            res = plan(partial(unroll, z0), cost, cfg, generator, init)
             plan_time += res.time_s
             energies.append(res.final_energy)
             prev = res.actions
             queue = list(res.actions[:replan_every].cpu().numpy().astype(np.float32))
-        ob, _, terminated, truncated, info = env.step(queue.pop(0))
+        action = queue.pop(0)
+        ob, _, terminated, truncated, info = env.step(action)
         steps += 1
         pixels = np.asarray(ob["pixels"], dtype=np.uint8)
         if record_frames:
