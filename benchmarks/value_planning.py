@@ -27,6 +27,7 @@ left).
         [--value-set consistency=0.05 ...]        # any ValueConfig field
         [--wm-set rollout_steps=8 ...]            # any WorldModelConfig field
         [--plan-set planner.samples=256 ...]      # any ControllerConfig field of the planning
+                                                  # (correct=1.0: EpisodeCorrection)
         [--on-policy 200]                         # then MPC with that world model on N fresh
                                                   # layouts, and a second world model trained
                                                   # on the data plus those episodes
