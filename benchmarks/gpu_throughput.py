@@ -24,6 +24,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.profiler import ProfilerActivity, profile
 
 from jepalab.io import atomic_write_json, git_info, now_iso
+from jepalab.masks import build_mask_policy
 from jepalab.models.vit import additive_mask
 from jepalab.train.loop import pick_device
 from pretrain_throughput import MASK, PRED, STEP, measure, one_step, setup
@@ -47,7 +48,7 @@ def matmul_peak_tflops(n: int = 8192, reps: int = 10) -> float:
 
 def mask_draw_ms(batch: int, reps: int = 20) -> float:
     """Host time to draw one step's multiblock masks (inside every step's time)."""
-    _, _, _, policy, _, _ = setup(224, 16, batch, "fp32", "tiny")
+    policy = build_mask_policy("multiblock", (224 // 16, 224 // 16), **MASK["params"])
     gen = torch.Generator().manual_seed(0)
     times = []
     for _ in range(reps):

@@ -31,7 +31,7 @@ from jepalab.models.ac_predictor import ACMLP, ACPredictor, ACTransformer
 from jepalab.planning import PlannerConfig, goal_energy, plan
 
 A = 2  # two-rooms actions
-ARCHS = {  # name -> (predictor kwargs, latent shape of one frame)
+ARCHS = {  # name -> (predictor factory, latent shape of one frame)
     # the demo's world model (configs/demo/worldmodel.yaml): micro-ViT tokens (D=128) pooled
     # onto a 2x2 grid -> latent 512, residual MLP width 512, depth 3
     "mlp": (lambda: ACMLP(512, A, 0, width=512, depth=3), (512,)),
@@ -46,8 +46,8 @@ def unroll_from(model: ACPredictor, z0: torch.Tensor, actions: torch.Tensor) -> 
 
 
 def flops_per_transition(model: ACPredictor, shape: tuple[int, ...], device: str) -> float:
-    """Counted on a 4-step rollout of 8 candidates (the transformer's cost grows with context
-    up to its `context` frames, then stays)."""
+    """The mean over a 4-step rollout of 8 candidates (for the transformer, the first step
+    attends to one frame and the later ones to its `context` of 2)."""
     z0 = torch.zeros(1, *shape, device=device)
     a = torch.zeros(8, 4, A, device=device)
     with torch.inference_mode(), FlopCounterMode(display=False) as fc:

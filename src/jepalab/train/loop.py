@@ -113,9 +113,9 @@ def pick_device(name: str) -> torch.device:
         raise JepalabError("device: 'cuda' requested but no CUDA device is available")
     if name == "cuda":
         # cuDNN's SDPA builds a plan for every new sequence length, and masked pretraining
-        # changes the context length every step: on an H200 that took ViT-L/16 steps from
-        # 200 ms to 450-1,900 ms (benchmarks/gpu_throughput.py --cudnn-sdp). Flash and
-        # memory-efficient attention need no plan.
+        # changes the context length every step: on an H200, ViT-L/16 steps took 200 ms at a
+        # seen length and 0.4-3.5 s at a new one (benchmarks/gpu_throughput.py --cudnn-sdp).
+        # Flash and memory-efficient attention need no plan.
         torch.backends.cuda.enable_cudnn_sdp(False)
     return torch.device(name)
 
