@@ -5,7 +5,6 @@ optimum drawing their samples on the GPU."""
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
 from pathlib import Path
@@ -16,10 +15,11 @@ from planning_helpers import linear_system
 
 from jepalab.config import PretrainConfig, WorldModelConfig, load
 from jepalab.data.collect import collect
+from jepalab.models.value import QUASIMETRIC
 from jepalab.planning import PlannerConfig, goal_energy, plan
 from jepalab.train.loop import pretrain
 from jepalab.train.worldmodel import load_world_model, train_worldmodel
-from tiny import TINY
+from tiny import TINY, logged
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -33,15 +33,11 @@ def _no_tf32():
     torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
-def _losses(run: Path, key: str = "loss") -> list[float]:
-    return [json.loads(ln)[key] for ln in (run / "metrics.jsonl").read_text().splitlines()]
-
-
-def _pretrain(out: Path, *extra: str, steps: int = 6) -> list[float]:
+def _pretrain(out: Path, *extra: str, steps: int = 6, resume: bool = False) -> list[float]:
     cfg = load(PretrainConfig, None, [*TINY, f"--steps={steps}", "--ckpt_every=3",
                                       f"--out_dir={out}", *extra])
-    pretrain(cfg, progress=False)
-    return _losses(out)
+    pretrain(cfg, resume=resume, progress=False)
+    return logged(out)
 
 
 def _close(a: list[float], b: list[float], rel: float) -> bool:
@@ -67,10 +63,8 @@ def test_bf16_and_compile_train_and_a_gpu_run_resumes(tmp_path):
     args = ["--device=cuda", "--precision=bf16"]
     _pretrain(cut, *args)
     shutil.rmtree(cut / "checkpoints" / "step_0000006")
-    cfg = load(PretrainConfig, None, [*TINY, "--steps=6", "--ckpt_every=3", f"--out_dir={cut}",
-                                      *args])
-    pretrain(cfg, resume=True, progress=False)
-    assert _close(_losses(cut), ref, 1e-3), (_losses(cut), ref)
+    resumed = _pretrain(cut, *args, resume=True)
+    assert _close(resumed, ref, 1e-3), (resumed, ref)
 
 
 def test_world_model_trains_on_the_gpu_and_loads_on_the_cpu(tmp_path):
@@ -85,10 +79,9 @@ def test_world_model_trains_on_the_gpu_and_loads_on_the_cpu(tmp_path):
             f"--device={dev}", "--steps=10", "--ckpt_every=10", "--batch_size=8",
             "--predictor.arch=mlp", "--predictor.dim=32", "--predictor.depth=2",
             "--predictor.pool=2", "--optim.warmup_steps=2", "--log_every=1",
-            "--data.val_fraction=0.3", "--value.form=metric", "--value.learning=quasimetric",
-            "--value.p_current=0", "--value.p_future=0"])
+            "--data.val_fraction=0.3", *(f"--value.{k}={v}" for k, v in QUASIMETRIC.items())])
         runs[run] = train_worldmodel(cfg, progress=False)
-    cpu, gpu = (_losses(tmp_path / run, "tf_loss") for run in runs)
+    cpu, gpu = (logged(tmp_path / run, "tf_loss") for run in runs)
     assert _close(cpu, gpu, 1e-3), (cpu, gpu)
     wm = load_world_model(runs["wm_gpu"])
     assert wm.device.type == "cpu"

@@ -1,16 +1,11 @@
 """Two gloo processes under torchrun train exactly like one process with the same global batch."""
 
-import json
 import os
 import subprocess
 import sys
 
 from jepalab.cli import main
-from tiny import TINY
-
-
-def _losses(run):
-    return [json.loads(ln)["loss"] for ln in (run / "metrics.jsonl").read_text().splitlines()]
+from tiny import TINY, logged
 
 
 def test_ddp_two_processes_match_single_process(tmp_path):
@@ -22,7 +17,7 @@ def test_ddp_two_processes_match_single_process(tmp_path):
            "-m", "jepalab.cli", "pretrain", f"--out_dir={multi}", *args]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    a, b = _losses(single), _losses(multi)
+    a, b = logged(single), logged(multi)
     assert len(a) == len(b) == 6
     for x, y in zip(a, b):
         assert abs(x - y) <= 1e-4 * max(1.0, abs(x)), (a, b)

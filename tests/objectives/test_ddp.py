@@ -2,7 +2,6 @@
 views, random masks and global-batch statistics (InfoNCE negatives, VICReg variance/covariance,
 SIGReg statistics, projector BatchNorm) do not depend on the world size."""
 
-import json
 import os
 import subprocess
 import sys
@@ -10,14 +9,10 @@ from pathlib import Path
 
 from jepalab.config import PretrainConfig, load
 from jepalab.train.loop import pretrain
-from tiny import TINY
+from tiny import TINY, logged
 
 NAMES = ["mae", "contrastive", "vicreg", "sigreg"]
 ARGS = [*TINY, "--steps=4", "--ckpt_every=4", "--monitor_every=2", "--mask.kind=none"]
-
-
-def _losses(run):
-    return [json.loads(ln)["loss"] for ln in (run / "metrics.jsonl").read_text().splitlines()]
 
 
 def test_two_processes_match_one(tmp_path):
@@ -32,7 +27,7 @@ def test_two_processes_match_one(tmp_path):
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     for name in NAMES:
-        a, b = _losses(tmp_path / "single" / name), _losses(tmp_path / "multi" / name)
+        a, b = logged(tmp_path / "single" / name), logged(tmp_path / "multi" / name)
         assert len(a) == len(b) == 4, name
         for x, y in zip(a, b):
             assert abs(x - y) <= 1e-4 * max(1.0, abs(x)), (name, a, b)
