@@ -380,6 +380,11 @@ class ValueConfig(Config):
         "steps between its rollout and the encoded frames (the value itself is not moved by it)")
     target_momentum: float = Field(0.98, ge=0.0, lt=1.0, description="slow target copy's EMA")
     goals: int = Field(8, ge=1, description="hindsight goals drawn per training window")
+    updates: int = Field(
+        1, ge=1, description="value updates per world-model step: the first with the "
+        "predictor's, then updates - 1 of the value alone, each on a goal of its own for the "
+        "batch's windows and the window's next transition (a value step costs a fraction of "
+        "the predictor's)")
     p_current: float = Field(0.2, ge=0.0, le=1.0, description="goal = the window's own frame")
     p_future: float = Field(0.5, ge=0.0, le=1.0,
                             description="goal = a later frame (geometric offset); the rest: "

@@ -357,9 +357,9 @@ def test_value_trains_with_the_world_model_resumes_exactly_and_plans(tiny_inputs
         item, again = cache[i], cache[i]
         torch.testing.assert_close(item["goals"], again["goals"])
         e, t = cache.base.locate(i // 3)
-        k = int(item["goal_steps"])
+        k = int(item["goal_steps"][0])  # one goal draw per item: value.updates = 1
         if k >= 0:
-            torch.testing.assert_close(item["goals"], cache.z[e][t + k])
+            torch.testing.assert_close(item["goals"][0], cache.z[e][t + k])
     with pytest.raises(JepalabError, match="p_layout=1.0: no two training episodes"):
         LatentCache(base, models, WorldModelObjective(cfg, 2, 4), torch.device("cpu"),
                     progress=False, value=cfg.value.model_copy(update={"p_layout": 1.0}))
@@ -369,8 +369,14 @@ def test_value_trains_with_the_world_model_resumes_exactly_and_plans(tiny_inputs
     for i in (0, 4, 7):  # p_layout 1: a frame of the other episode, with no logged return
         e, _ = mates.base.locate(i // 3)
         item = mates[i]
-        assert int(item["goal_steps"]) == -1
-        assert any(torch.equal(item["goals"], z) for z in mates.z[1 - e])
+        assert int(item["goal_steps"][0]) == -1
+        assert any(torch.equal(item["goals"][0], z) for z in mates.z[1 - e])
+    more = LatentCache(base, models, WorldModelObjective(cfg, 2, 4), torch.device("cpu"),
+                       progress=False, value=cfg.value.model_copy(update={"updates": 3}))
+    for i in (0, 4, 7):  # value.updates = 3: three draws, the first the one-update run's
+        item = more[i]
+        assert item["goals"].shape == (3, cache.z[0].shape[-1]) and item["goal_steps"].shape == (3,)
+        torch.testing.assert_close(item["goals"][0], cache[i]["goals"][0])
 
     ctrl = ControllerConfig(planner={"method": "cem", "horizon": 3, "samples": 8,
                                      "iterations": 1, "elites": 2},

@@ -147,7 +147,8 @@ def test_value_consistency_trains_the_predictor_in_the_values_units_only():
         obj, models, batch = _setup("mlp", 3, value={**value, "consistency": c})
         d = models["value"].latent_dim
         g = torch.Generator().manual_seed(2)
-        batch.goals, batch.goal_steps = torch.randn(3, d, generator=g), torch.tensor([2, -1, 5])
+        batch.goals = torch.randn(3, 1, d, generator=g)
+        batch.goal_steps = torch.tensor([[2], [-1], [5]])
         runs[c] = obj.loss(batch, models)
     (base, m0), (loss, m) = runs[0.0], runs[0.5]
     assert "value_consistency" not in m0 and m["value_consistency"] > 0
@@ -163,3 +164,32 @@ def test_value_consistency_trains_the_predictor_in_the_values_units_only():
                for p in models["predictor"].parameters())
     with pytest.raises(ValueError, match="consistency needs form 'metric'"):
         ValueConfig(form="diff", consistency=0.1)
+
+
+@pytest.mark.parametrize("learning", ["quasimetric", "td"])
+def test_value_updates_take_more_steps_of_the_value_alone(learning):
+    """`value.updates` m: one train_step takes the predictor's step as with m = 1, then m - 1
+    steps of the value alone (Adam's step count m for the value, 1 for the predictor), each on
+    its own goal draw; the predictor ends as it would with m = 1."""
+    from jepalab.train.loop import make_optimizer, train_step
+
+    value = {"hidden": 8, "depth": 1, "form": "metric", "learning": learning}
+    after = {}
+    for m in (1, 3):
+        obj, models, batch = _setup("mlp", 2, value={**value, "updates": m})
+        d = models["value"].latent_dim
+        g = torch.Generator().manual_seed(2)
+        goals, steps = torch.randn(3, 3, d, generator=g), torch.tensor([[2, 0, 1]] * 3)
+        batch.goals, batch.goal_steps = goals[:, :m], steps[:, :m]
+        opt = make_optimizer(models, obj.trainable(models), 1e-2)
+        metrics = train_step(models, obj, opt, batch, obj.wm)
+        counts = {name: {int(opt.state[p]["step"]) for p in models[name].parameters()}
+                  for name in ("predictor", "value")}
+        assert counts == {"predictor": {1}, "value": {m}}
+        assert ("extra_loss" in metrics) == (m > 1)
+        after[m] = {k: v.clone() for k, v in models.state_dict().items()}
+    for key, v in after[1].items():
+        if key.startswith("predictor."):
+            torch.testing.assert_close(after[3][key], v)
+    assert any(not torch.equal(after[3][k], v) for k, v in after[1].items()
+               if k.startswith("value."))

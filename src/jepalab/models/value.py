@@ -108,9 +108,13 @@ class GoalValue(nn.Module):
 
     def distance(self, z: Tensor, g: Tensor) -> Tensor:
         """Form "metric": the steps to go as a distance ||phi(z) - phi(g)||."""
+        return embedded_distance(self.embed(z), self.embed(g))
+
+    def embed(self, z: Tensor) -> Tensor:
+        """Form "metric": phi(z), the embedding whose distances are the steps to go."""
         if self.form != "metric":
             raise ValueError(f"GoalValue.distance needs form 'metric', not {self.form!r}")
-        return ((self.net(self.view(z)) - self.net(self.view(g))).square().sum(-1) + 1e-8).sqrt()
+        return self.net(self.view(z))
 
     @classmethod
     def from_config(cls, latent_dim: int, cfg: ValueConfig, side: int = 1) -> GoalValue:
@@ -137,6 +141,11 @@ class GoalValue(nn.Module):
         floor = -1.0 / (1.0 - self.gamma) + 1e-4
         v = self(z, g).clamp(min=floor)
         return torch.log1p((1.0 - self.gamma) * v) / math.log(self.gamma)
+
+
+def embedded_distance(a: Tensor, b: Tensor) -> Tensor:
+    """||a - b|| over the last dim, with a gradient at 0."""
+    return ((a - b).square().sum(-1) + 1e-8).sqrt()
 
 
 def steps_value(steps: Tensor, gamma: float) -> Tensor:
@@ -174,8 +183,9 @@ def quasimetric_loss(value: GoalValue, z: Tensor, z_next: Tensor, goal: Tensor,
     """Quasimetric learning of the steps to go (module docstring) on a batch of transitions
     z -> z_next [B, D] and goals [B, D] of the same episodes: push d(z, goal) up (saturating
     near `cap` steps) under the penalised constraint d(z, z_next) <= 1."""
-    far = value.distance(z, goal)
-    local = value.distance(z, z_next)
+    here = value.embed(z)  # phi(z) once for both distances
+    far = embedded_distance(here, value.embed(goal))
+    local = embedded_distance(here, value.embed(z_next))
     push = F.softplus(cap - far, beta=0.1).mean()
     violation = F.relu(local - 1.0).square().mean()
     loss = push + penalty * violation

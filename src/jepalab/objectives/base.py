@@ -8,6 +8,7 @@ Adding an objective = one module with a class decorated by `@register`.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -28,8 +29,9 @@ class Batch:
     masks: mask sets for this batch (empty for objectives that need none).
     generator: this step's generator (augmentations); monitor: compute collapse statistics.
     actions [B, T-1, A] and states [B, T, S]: present for transition data (world models).
-    goals [B, D] and goal_steps [B]: a hindsight goal latent per window and its steps from the
-    window's first frame (< 0: not later in the episode), for a learned cost-to-go."""
+    goals [B, G, D] and goal_steps [B, G]: G hindsight goal latents per window and their steps
+    from the window's first frame (< 0: not later in the episode), for a learned cost-to-go
+    (one goal per value update of the step)."""
 
     x: Tensor
     masks: list[MaskSet]
@@ -80,6 +82,13 @@ class Objective:
 
     def loss(self, batch: Batch, models: nn.ModuleDict) -> tuple[Tensor, dict[str, float]]:
         raise NotImplementedError
+
+    def extra_steps(self, batch: Batch, models: nn.ModuleDict
+                    ) -> Iterator[tuple[Tensor, dict[str, float]]]:
+        """Losses of further optimizer steps on the same batch after the main one, each
+        computed only once the step before it has been taken (a generator), for a part of the
+        models that trains more often than the rest; none by default."""
+        return iter(())
 
     def after_step(self, models: nn.ModuleDict, step: int, total_steps: int) -> dict[str, float]:
         """Called after each optimizer step (step = number of steps done); returns metrics."""

@@ -28,7 +28,10 @@ follows by EMA after each step. The value reads the standardised latents and nev
 predictor (separate parameters). With k >= 2 the same loss is also taken at the predictor's own
 one-step prediction of z_1 (detached; the transition to the real z_2), averaged with the first:
 the planner scores *predicted* latents, and a value fitted on encoded frames only ranked them no
-better than the L1 distance did.
+better than the L1 distance did. With `value.updates` m > 1, each step then takes m - 1 more
+optimizer steps of the value alone (`extra_steps`), update j on the batch's goal draw j and the
+window's transition j mod k: a value step costs a fraction of the predictor's, and at a fixed
+training budget the value is what falls short first (`docs/findings.md`).
 
 With `value.consistency` c > 0 (form "metric"), the predictor is also trained in the value's
 units: loss += c * mean d(rollout(z_0, a), z_1..z_k), the learned steps between each predicted
@@ -42,7 +45,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import cast
 
 import torch
@@ -255,26 +258,53 @@ class WorldModelObjective(Objective):
         )
         return loss, metrics
 
-    def _value_loss(self, batch: Batch, z: Tensor, z_pred: Tensor, models: nn.ModuleDict
-                    ) -> tuple[Tensor, dict[str, float]]:
-        """On the encoded frame 0 and, with k >= 2, on the predicted frame 1 (module docstring)."""
+    def extra_steps(self, batch: Batch, models: nn.ModuleDict
+                    ) -> Iterator[tuple[Tensor, dict[str, float]]]:
+        """`value.updates` - 1 steps of the value alone: update j on the batch's goal draw j and
+        the window's transition t = j mod k (its one-step prediction from the predictor, no
+        gradient to it)."""
+        v = self.wm.value
+        if v is None or v.updates == 1:
+            return
+        k = batch.actions.shape[1] if batch.actions is not None else 0
+        with torch.no_grad(), torch.autocast(batch.x.device.type, enabled=False):
+            z = self.latents(batch.x, models)
+            z_pred = self._one_step(z, batch, models)
+        for j in range(1, v.updates):
+            with torch.autocast(batch.x.device.type, enabled=False):
+                loss, metrics = self._value_loss(batch, z, z_pred, models, j, j % k)
+            yield v.weight * loss, {"loss": float(loss.detach()), **metrics}
+
+    def _one_step(self, z: Tensor, batch: Batch, models: nn.ModuleDict) -> Tensor:
+        """The predictor's one-step predictions of frames 1..k from the encoded frames 0..k-1."""
+        k = cast(Tensor, batch.actions).shape[1]
+        s = batch.states
+        s = s[:, :k].float() if self.use_state and s is not None else None
+        pred = cast(ACPredictor, models["predictor"])
+        return pred(z[:, :k], cast(Tensor, batch.actions).float(), s)[0]
+
+    def _value_loss(self, batch: Batch, z: Tensor, z_pred: Tensor, models: nn.ModuleDict,
+                    draw: int = 0, t: int = 0) -> tuple[Tensor, dict[str, float]]:
+        """On goal draw `draw` of the batch: the transition from the encoded frame t and, with
+        a frame t + 2 in the window, from the predicted frame t + 1 (module docstring);
+        z_pred[:, t]: the predictor's frame t + 1."""
         if batch.goals is None or batch.goal_steps is None:
             raise JepalabError("value: world-model batches need hindsight goals (goals, "
                                "goal_steps); train with the latent cache (pooled latents)")
-        goal = self.latents(batch.goals[:, None].float(), models)[:, 0]
+        goal = self.latents(batch.goals[:, draw : draw + 1].float(), models)[:, 0]
         value = cast(GoalValue, models["value"])
-        v, steps = cast(ValueConfig, self.wm.value), batch.goal_steps
+        v, steps = cast(ValueConfig, self.wm.value), batch.goal_steps[:, draw]
 
-        def learn(z0: Tensor, z1: Tensor, k: Tensor) -> tuple[Tensor, dict[str, float]]:
+        def learn(z0: Tensor, z1: Tensor, shift: int) -> tuple[Tensor, dict[str, float]]:
             if v.learning == "quasimetric":
                 return quasimetric_loss(value, z0, z1, goal, v.penalty, v.cap)
+            k = torch.where(steps >= shift, steps - shift, torch.full_like(steps, -1))
             target = cast(GoalValue, models["value_target"])
             return value_loss(value, target, z0, z1, goal, k, v.expectile)
 
-        loss, metrics = learn(z[:, 0], z[:, 1], steps)
-        if z.shape[1] >= 3:
-            later = torch.where(steps >= 1, steps - 1, torch.full_like(steps, -1))
-            pred_loss, _ = learn(z_pred[:, 0], z[:, 2], later)
+        loss, metrics = learn(z[:, t], z[:, t + 1], t)
+        if z.shape[1] >= t + 3:
+            pred_loss, _ = learn(z_pred[:, t], z[:, t + 2], t + 1)
             metrics["value_pred_loss"] = float(pred_loss.detach())
             loss = (loss + pred_loss) / 2
             metrics["value_loss"] = float(loss.detach())

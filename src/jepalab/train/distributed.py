@@ -90,6 +90,16 @@ def mean_metrics(metrics: dict[str, float]) -> dict[str, float]:
     return {k: float(v) / world_size() for k, v in zip(keys, t)}
 
 
+def average_grads(params: list[Tensor]) -> None:
+    """Average the gradients of `params` over ranks in place (for steps DDP does not see)."""
+    if not active():
+        return
+    for p in params:
+        if p.grad is not None:
+            dist.all_reduce(p.grad)
+            p.grad /= world_size()
+
+
 def barrier() -> None:
     if active():
         dist.barrier()

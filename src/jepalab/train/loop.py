@@ -151,21 +151,40 @@ def train_step(
     cfg: TrainConfig,
     loss_fn: Callable[[Batch], tuple[torch.Tensor, dict[str, float]]] | None = None,
 ) -> dict[str, float]:
-    """One optimizer step: forward under autocast, backward, clip, AdamW.
+    """One optimizer step: forward under autocast, backward, clip, AdamW; then the objective's
+    `extra_steps`, if any (their gradients averaged over ranks by hand: DDP syncs only the
+    wrapped loss's).
 
     loss_fn: the (possibly DDP-wrapped) loss; defaults to `objective.loss(batch, models)`."""
     models.train()
     dev = batch.x.device.type
+    params = [p for g in opt.param_groups for p in g["params"]]
+
+    def step(loss: torch.Tensor, sync: bool = False) -> float | None:
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if sync:
+            distributed.average_grads(params)
+        norm = (float(torch.nn.utils.clip_grad_norm_(params, cfg.optim.clip_grad))
+                if cfg.optim.clip_grad else None)
+        opt.step()
+        return norm
+
     with torch.autocast(dev, dtype=torch.bfloat16, enabled=use_bf16(cfg.precision, dev)):
         loss, metrics = loss_fn(batch) if loss_fn else objective.loss(batch, models)
     if not math.isfinite(metrics["loss"]):
         raise JepalabError(f"loss is {metrics['loss']} — training diverged (lower optim.lr?)")
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    if cfg.optim.clip_grad:
-        params = [p for g in opt.param_groups for p in g["params"]]
-        metrics["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, cfg.optim.clip_grad))
-    opt.step()
+    if (norm := step(loss)) is not None:
+        metrics["grad_norm"] = norm
+    extra = []
+    with torch.autocast(dev, dtype=torch.bfloat16, enabled=use_bf16(cfg.precision, dev)):
+        for loss, m in objective.extra_steps(batch, models):
+            if not math.isfinite(m["loss"]):
+                raise JepalabError(f"extra-step loss is {m['loss']} — training diverged")
+            step(loss, sync=True)
+            extra.append(m["loss"])
+    if extra:
+        metrics["extra_loss"] = sum(extra) / len(extra)
     return metrics
 
 

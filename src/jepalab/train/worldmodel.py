@@ -126,9 +126,10 @@ def _finished(cfg: WorldModelConfig) -> Path | None:
 class LatentCache(torch.utils.data.Dataset):
     """A TransitionDataset with each frame replaced by its raw pooled latent, computed once:
     items {"obs": float [k+1, D], "actions", "states"}. Same windows; with `value`, each window
-    appears `value.goals` times, each with its own hindsight goal ("goals" [D], "goal_steps";
-    `draw_goal`: from the window's episode or another of its layout among these episodes),
-    drawn from a generator seeded by (seed, index), so a resumed run sees the same goals."""
+    appears `value.goals` times, each with its own hindsight goals, one per value update of a
+    step ("goals" [value.updates, D], "goal_steps" [value.updates]; `draw_goal`: from the
+    window's episode or another of its layout among these episodes), drawn from a generator
+    seeded by (seed, index), so a resumed run sees the same goals."""
 
     def __init__(self, base: Any, models: nn.ModuleDict, objective: WorldModelObjective,
                  device: torch.device, progress: bool = True, batch: int = 256,
@@ -178,10 +179,12 @@ class LatentCache(torch.utils.data.Dataset):
         item = {"obs": self.z[e][t : t + k + 1], "actions": self.actions[e][t : t + k],
                 "states": self.states[e][t : t + k + 1]}
         if self.value is not None:
-            ge, goal = draw_goal(np.random.default_rng((self.seed, i)), e, t, self.lengths,
-                                 self.mates.get(e, ()), self.value)
-            item["goals"] = self.z[ge][goal]
-            item["goal_steps"] = torch.tensor(goal - t if ge == e and goal >= t else -1)
+            rng = np.random.default_rng((self.seed, i))
+            draws = [draw_goal(rng, e, t, self.lengths, self.mates.get(e, ()), self.value)
+                     for _ in range(self.value.updates)]
+            item["goals"] = torch.stack([self.z[ge][goal] for ge, goal in draws])
+            item["goal_steps"] = torch.tensor([goal - t if ge == e and goal >= t else -1
+                                               for ge, goal in draws])
         return item
 
 
