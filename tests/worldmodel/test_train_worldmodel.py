@@ -429,3 +429,30 @@ def test_a_quasimetric_value_trains_with_the_world_model_and_loads(tiny_inputs, 
                                atol=1e-3, rtol=1e-3)
     conv = "--predictor.arch=conv" in grid
     assert isinstance(wm.predictor, ACConv) == conv and isinstance(wm.value.view, GridPool) == conv
+
+
+def test_value_updates_under_two_processes_match_one(tiny_inputs, tmp_path):
+    """`value.updates` under torchrun: the value's extra steps, which DDP does not see, average
+    their gradients over the ranks by hand, so two gloo processes log the losses of one."""
+    import os
+    import subprocess
+    import sys
+
+    from tiny import logged
+
+    data, enc = tiny_inputs
+    args = [f"--encoder={enc}", f"--data.path={data}", *WM_TINY, "--steps=4", "--ckpt_every=4",
+            "--predictor.pool=2", "--value.hidden=16", "--value.form=metric",
+            "--value.learning=quasimetric", "--value.updates=3"]
+    single, multi = tmp_path / "single", tmp_path / "multi"
+    assert main(["worldmodel", "--quiet", f"--out_dir={single}", *args]) == 0
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "jepalab.cli", "worldmodel", "--quiet", f"--out_dir={multi}", *args]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for key in ("loss", "extra_loss"):
+        a, b = logged(single, key), logged(multi, key)
+        assert len(a) == len(b) == 4
+        for x, y in zip(a, b):
+            assert abs(x - y) <= 1e-4 * max(1.0, abs(x)), (key, a, b)
