@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +22,7 @@ from jepalab.errors import JepalabError
 from jepalab.eval.rollout import plot_diagnostics, rollout_error_vs_horizon, true_action_rank
 from jepalab.train.checkpoint import load_checkpoint, save_checkpoint
 from jepalab.train.worldmodel import load_world_model, train_worldmodel
-from tiny import TINY
+from tiny import TINY, logged
 
 WM_TINY = [
     "--batch_size=8",
@@ -434,12 +437,6 @@ def test_a_quasimetric_value_trains_with_the_world_model_and_loads(tiny_inputs, 
 def test_value_updates_under_two_processes_match_one(tiny_inputs, tmp_path):
     """`value.updates` under torchrun: the value's extra steps, which DDP does not see, average
     their gradients over the ranks by hand, so two gloo processes log the losses of one."""
-    import os
-    import subprocess
-    import sys
-
-    from tiny import logged
-
     data, enc = tiny_inputs
     args = [f"--encoder={enc}", f"--data.path={data}", *WM_TINY, "--steps=4", "--ckpt_every=4",
             "--predictor.pool=2", "--value.hidden=16", "--value.form=metric",

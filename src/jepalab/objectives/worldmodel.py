@@ -217,14 +217,11 @@ class WorldModelObjective(Objective):
             raise JepalabError(f"world-model batch: {batch.x.shape[1]} frames for {k} actions")
         z = self.latents(batch.x, models)
         pred = cast(ACPredictor, models["predictor"])
-        a = batch.actions.float()
-        s = batch.states.float() if self.use_state and batch.states is not None else None
-        if self.use_state and s is None:
-            raise JepalabError("predictor.use_state is set but the batch has no states")
+        a, s = self._inputs(batch)
         # The predictor runs in fp32 even under bf16 autocast: latent changes between
         # consecutive frames are small next to bf16's resolution at |z| ~ 1.
         with torch.autocast(batch.x.device.type, enabled=False):
-            z_tf, s_tf = pred(z[:, :k], a, s[:, :k] if s is not None else None)
+            z_tf, s_tf = self._teacher_forced(models, z, a, s)
             z_ro, s_ro = pred.rollout_states(z[:, 0], a, s[:, 0] if s is not None else None)
             target = z[:, 1:]
             tf = self._distance(z_tf, target)
@@ -266,22 +263,29 @@ class WorldModelObjective(Objective):
         v = self.wm.value
         if v is None or v.updates == 1:
             return
-        k = batch.actions.shape[1] if batch.actions is not None else 0
+        a, s = self._inputs(batch)
         with torch.no_grad(), torch.autocast(batch.x.device.type, enabled=False):
             z = self.latents(batch.x, models)
-            z_pred = self._one_step(z, batch, models)
+            z_pred = self._teacher_forced(models, z, a, s)[0]
         for j in range(1, v.updates):
             with torch.autocast(batch.x.device.type, enabled=False):
-                loss, metrics = self._value_loss(batch, z, z_pred, models, j, j % k)
+                loss, metrics = self._value_loss(batch, z, z_pred, models, j, j % a.shape[1])
             yield v.weight * loss, {"loss": float(loss.detach()), **metrics}
 
-    def _one_step(self, z: Tensor, batch: Batch, models: nn.ModuleDict) -> Tensor:
-        """The predictor's one-step predictions of frames 1..k from the encoded frames 0..k-1."""
-        k = cast(Tensor, batch.actions).shape[1]
-        s = batch.states
-        s = s[:, :k].float() if self.use_state and s is not None else None
+    def _inputs(self, batch: Batch) -> tuple[Tensor, Tensor | None]:
+        """The batch's actions and, for a predictor that reads them, its states (float)."""
+        s = batch.states.float() if self.use_state and batch.states is not None else None
+        if self.use_state and s is None:
+            raise JepalabError("predictor.use_state is set but the batch has no states")
+        return cast(Tensor, batch.actions).float(), s
+
+    def _teacher_forced(self, models: nn.ModuleDict, z: Tensor, a: Tensor, s: Tensor | None
+                        ) -> tuple[Tensor, Tensor | None]:
+        """The predictor's one-step predictions of frames 1..k (and their states) from the
+        encoded frames 0..k-1."""
+        k = a.shape[1]
         pred = cast(ACPredictor, models["predictor"])
-        return pred(z[:, :k], cast(Tensor, batch.actions).float(), s)[0]
+        return pred(z[:, :k], a, s[:, :k] if s is not None else None)
 
     def _value_loss(self, batch: Batch, z: Tensor, z_pred: Tensor, models: nn.ModuleDict,
                     draw: int = 0, t: int = 0) -> tuple[Tensor, dict[str, float]]:

@@ -158,6 +158,7 @@ def train_step(
     loss_fn: the (possibly DDP-wrapped) loss; defaults to `objective.loss(batch, models)`."""
     models.train()
     dev = batch.x.device.type
+    bf16 = use_bf16(cfg.precision, dev)
     params = [p for g in opt.param_groups for p in g["params"]]
 
     def step(loss: torch.Tensor, sync: bool = False) -> float | None:
@@ -170,14 +171,14 @@ def train_step(
         opt.step()
         return norm
 
-    with torch.autocast(dev, dtype=torch.bfloat16, enabled=use_bf16(cfg.precision, dev)):
+    with torch.autocast(dev, dtype=torch.bfloat16, enabled=bf16):
         loss, metrics = loss_fn(batch) if loss_fn else objective.loss(batch, models)
     if not math.isfinite(metrics["loss"]):
         raise JepalabError(f"loss is {metrics['loss']} — training diverged (lower optim.lr?)")
     if (norm := step(loss)) is not None:
         metrics["grad_norm"] = norm
     extra = []
-    with torch.autocast(dev, dtype=torch.bfloat16, enabled=use_bf16(cfg.precision, dev)):
+    with torch.autocast(dev, dtype=torch.bfloat16, enabled=bf16):
         for loss, m in objective.extra_steps(batch, models):
             if not math.isfinite(m["loss"]):
                 raise JepalabError(f"extra-step loss is {m['loss']} — training diverged")
