@@ -320,7 +320,8 @@ def main(argv: list[str] | None = None) -> int:
     reading = value_vs_path(wm)
     wall = wall_push(wm)
     last = json.loads((wm_path.parents[1] / "metrics.jsonl").read_text().splitlines()[-1])
-    fit = {k: last[k] for k in ("tf_loss", "rollout_loss", "copy_loss")}  # final step's batch
+    fit = {k: last.get(k, float("nan"))  # final step's batch (no tf_loss if teacher_forcing=0)
+           for k in ("tf_loss", "rollout_loss", "copy_loss")}
 
     seeds = [1_000_000 + e for e in range(args.episodes)]
     scene = SceneConfig(name="two-rooms", kwargs={"random_wall": True})

@@ -419,10 +419,15 @@ class WorldModelConfig(TrainConfig):
     rollout_steps: int = Field(2, ge=1, description="k of the k-step autoregressive loss")
     loss: Literal["l1", "l2", "smooth_l1"] = "l1"
     rollout_weight: float = Field(1.0, ge=0.0)
+    teacher_forcing: float = Field(
+        1.0, ge=0.0, description="weight of the teacher-forced loss; 0 skips its forward pass "
+        "(the rollout's first step is teacher-forced already): half the predictor's cost")
     value: ValueConfig | None = Field(None, description="also learn a cost-to-go (pooled only)")
 
     @model_validator(mode="after")
-    def _value_needs_pooled(self) -> WorldModelConfig:
+    def _consistent(self) -> WorldModelConfig:
+        if self.teacher_forcing == 0 and self.rollout_weight == 0:
+            raise ValueError("teacher_forcing and rollout_weight are both 0: nothing to learn")
         if self.value is not None and not self.predictor.pooled:
             raise ValueError("value: needs pooled latents (predictor.arch 'mlp' or 'conv'), "
                              f"got {self.predictor.arch!r}")

@@ -69,6 +69,28 @@ def test_k_step_loss_composition_and_frozen_encoder(arch):
     assert obj.trainable(models) == ["predictor"]
 
 
+def test_teacher_forcing_weight_and_rollout_only(monkeypatch):
+    obj, models, batch = _setup("mlp", 3, rollout_weight=0.5, teacher_forcing=0.25)
+    loss, both = obj.loss(batch, models)
+    assert float(loss.detach()) == pytest.approx(
+        0.25 * both["tf_loss"] + 0.5 * both["rollout_loss"], rel=1e-6)
+    obj, models, batch = _setup("mlp", 3, rollout_weight=0.5, teacher_forcing=0.0)
+
+    def no_forward(*args, **kw):
+        raise AssertionError("teacher_forcing=0 must skip the teacher-forced pass")
+
+    monkeypatch.setattr(obj, "_teacher_forced", no_forward)
+    loss, m = obj.loss(batch, models)
+    assert "tf_loss" not in m  # the same predictor and batch: the same rollout term
+    assert m["rollout_loss"] == pytest.approx(both["rollout_loss"], rel=1e-6)
+    assert float(loss.detach()) == pytest.approx(0.5 * m["rollout_loss"], rel=1e-6)
+    loss.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0
+               for p in models["predictor"].parameters())
+    with pytest.raises(ValueError, match="nothing to learn"):
+        _cfg("mlp", 3, rollout_weight=0.0, teacher_forcing=0.0)
+
+
 def test_checkpoint_holds_the_predictor_only_and_loads_strictly():
     obj, models, _ = _setup("transformer", 2)
     sd = models.state_dict()

@@ -17,9 +17,11 @@ it reached 0.72 of that error and a mean rank of 0.05.
 Loss over a window of k+1 frames, actions a_0..a_{k-1}:
     teacher forcing  tf = d(predict(z_0..z_{k-1}, a), z_1..z_k)
     rollout          ro = d(rollout(z_0, a), z_1..z_k)      (predictions fed back)
-    loss = tf + rollout_weight * ro
+    loss = teacher_forcing * tf + rollout_weight * ro   (weights 1, 1 by default)
 with d the cfg.loss distance averaged over latent dims, tokens and steps (plus the same distance
-on states when the predictor uses them). With k = 1 the two terms are identical.
+on states when the predictor uses them). With k = 1 the two terms are identical; the rollout's
+first step is teacher-forced, so teacher_forcing = 0 (which skips its forward pass) still learns
+every transition from encoded frames, as the first step of the windows that start there.
 
 With `value` (pooled latents only), a learned cost-to-go is trained alongside on the same
 windows: value.weight * `value_loss` (or `quasimetric_loss`, value.learning) of the transition
@@ -221,19 +223,24 @@ class WorldModelObjective(Objective):
         # The predictor runs in fp32 even under bf16 autocast: latent changes between
         # consecutive frames are small next to bf16's resolution at |z| ~ 1.
         with torch.autocast(batch.x.device.type, enabled=False):
-            z_tf, s_tf = self._teacher_forced(models, z, a, s)
             z_ro, s_ro = pred.rollout_states(z[:, 0], a, s[:, 0] if s is not None else None)
             target = z[:, 1:]
-            tf = self._distance(z_tf, target)
             ro = self._distance(z_ro, target)
             metrics: dict[str, float] = {}
-            if s is not None and s_tf is not None and s_ro is not None:
-                s_tf_loss = self._distance(s_tf, s[:, 1:])
+            if s is not None and s_ro is not None:
                 s_ro_loss = self._distance(s_ro, s[:, 1:])
-                metrics["state_tf_loss"] = float(s_tf_loss.detach())
                 metrics["state_rollout_loss"] = float(s_ro_loss.detach())
-                tf, ro = tf + s_tf_loss, ro + s_ro_loss
-            loss = tf + self.wm.rollout_weight * ro
+                ro = ro + s_ro_loss
+            loss = self.wm.rollout_weight * ro
+            if self.wm.teacher_forcing > 0:
+                z_tf, s_tf = self._teacher_forced(models, z, a, s)
+                tf = self._distance(z_tf, target)
+                if s is not None and s_tf is not None:
+                    s_tf_loss = self._distance(s_tf, s[:, 1:])
+                    metrics["state_tf_loss"] = float(s_tf_loss.detach())
+                    tf = tf + s_tf_loss
+                loss = loss + self.wm.teacher_forcing * tf
+                metrics["tf_loss"] = float(tf.detach())
             if "value" in models:
                 v = cast(ValueConfig, self.wm.value)
                 v_loss, v_metrics = self._value_loss(batch, z, z_ro.detach(), models)
@@ -246,13 +253,8 @@ class WorldModelObjective(Objective):
             # reference: the error of predicting "nothing moves" (z_{t+1} = z_t)
             copy = self._distance(z[:, :k], target)
         metrics.update(
-            {
-                "loss": float(loss.detach()),
-                "tf_loss": float(tf.detach()),
-                "rollout_loss": float(ro.detach()),
-                "copy_loss": float(copy),
-            }
-        )
+            {"loss": float(loss.detach()), "rollout_loss": float(ro.detach()),
+             "copy_loss": float(copy)})
         return loss, metrics
 
     def extra_steps(self, batch: Batch, models: nn.ModuleDict
