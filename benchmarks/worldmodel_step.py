@@ -3,7 +3,8 @@
 At the sizes of the two-rooms value benchmark's budget recipe (`benchmarks/value_planning.py`:
 a micro ViT's 128-dim tokens on a 2 x 2 grid plus keypoints = 768 latent dims, MLP predictor
 1,024 x 4, batch 256, k = 3 rollout steps, the quasimetric cost-to-go beside it), one step =
-the objective's loss + backward + AdamW step on cached latents (what `LatentCache` feeds).
+jepalab's own `train_step` (loss, backward, gradient clipping, AdamW) on cached latents (what
+`LatentCache` feeds), in fp32 as the recipe trains.
 `teacher_forcing` 1 (the default) and 0 (the rollout's loss only, `WorldModelConfig.
 teacher_forcing`) are timed in the same run, one step of each in turn, so machine load hits both
 alike; the ratio uses median step times.
@@ -27,6 +28,7 @@ from jepalab.models.build import FrozenEncoder
 from jepalab.models.vit import vit
 from jepalab.objectives import Batch
 from jepalab.objectives.worldmodel import WorldModelObjective
+from jepalab.train.loop import make_optimizer, train_step
 
 A, S = 2, 4
 EMBED = 128  # the benchmark encoder's width (configs/demo/pretrain.yaml)
@@ -36,14 +38,13 @@ VALUE = {"form": "metric", "learning": "quasimetric", "p_layout": 0.5}
 def setup(teacher_forcing: float, batch: int, k: int) -> tuple:
     cfg = WorldModelConfig(
         encoder="unused", data={"path": "unused"}, rollout_steps=k, batch_size=batch,
-        teacher_forcing=teacher_forcing, value=VALUE,
+        precision="fp32", teacher_forcing=teacher_forcing, value=VALUE,
         predictor={"arch": "mlp", "dim": 1024, "depth": 4, "pool": 2, "keypoints": 2.0})
     torch.manual_seed(0)
     enc = FrozenEncoder(vit("micro", img_size=64, patch_size=8, embed_dim=EMBED), "0" * 64, {})
     obj = WorldModelObjective(cfg, A, S)
-    models = obj.build(enc).train()
-    params = [p for name in obj.trainable(models) for p in models[name].parameters()]
-    return obj, models, torch.optim.AdamW(params, lr=1e-4)
+    models = obj.build(enc)
+    return cfg, obj, models, make_optimizer(models, obj.trainable(models), cfg.optim.lr)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     runs = {tf: setup(tf, args.batch, args.k) for tf in (1.0, 0.0)}
-    dim = runs[1.0][0].wm.predictor.latent_dim(EMBED)
+    dim = runs[1.0][0].predictor.latent_dim(EMBED)
     g = torch.Generator().manual_seed(1)
     batch = Batch(
         x=torch.randn(args.batch, args.k + 1, dim, generator=g), masks=[], generator=g,
@@ -65,12 +66,9 @@ def main(argv: list[str] | None = None) -> int:
         goal_steps=torch.randint(-1, 30, (args.batch, 1), generator=g))
     times: dict[float, list[float]] = {tf: [] for tf in runs}
     for i in range(args.steps + 2):  # two warm-up rounds
-        for tf, (obj, models, opt) in runs.items():
+        for tf, (cfg, obj, models, opt) in runs.items():
             t = time.perf_counter()
-            loss, _ = obj.loss(batch, models)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+            train_step(models, obj, opt, batch, cfg)
             if i >= 2:
                 times[tf].append(time.perf_counter() - t)
     med = {tf: statistics.median(v) for tf, v in times.items()}

@@ -223,22 +223,13 @@ class WorldModelObjective(Objective):
         # The predictor runs in fp32 even under bf16 autocast: latent changes between
         # consecutive frames are small next to bf16's resolution at |z| ~ 1.
         with torch.autocast(batch.x.device.type, enabled=False):
+            metrics: dict[str, float] = {}
             z_ro, s_ro = pred.rollout_states(z[:, 0], a, s[:, 0] if s is not None else None)
             target = z[:, 1:]
-            ro = self._distance(z_ro, target)
-            metrics: dict[str, float] = {}
-            if s is not None and s_ro is not None:
-                s_ro_loss = self._distance(s_ro, s[:, 1:])
-                metrics["state_rollout_loss"] = float(s_ro_loss.detach())
-                ro = ro + s_ro_loss
+            ro = self._term("rollout", z_ro, s_ro, z, s, metrics)
             loss = self.wm.rollout_weight * ro
             if self.wm.teacher_forcing > 0:
-                z_tf, s_tf = self._teacher_forced(models, z, a, s)
-                tf = self._distance(z_tf, target)
-                if s is not None and s_tf is not None:
-                    s_tf_loss = self._distance(s_tf, s[:, 1:])
-                    metrics["state_tf_loss"] = float(s_tf_loss.detach())
-                    tf = tf + s_tf_loss
+                tf = self._term("tf", *self._teacher_forced(models, z, a, s), z, s, metrics)
                 loss = loss + self.wm.teacher_forcing * tf
                 metrics["tf_loss"] = float(tf.detach())
             if "value" in models:
@@ -273,6 +264,17 @@ class WorldModelObjective(Objective):
             with torch.autocast(batch.x.device.type, enabled=False):
                 loss, metrics = self._value_loss(batch, z, z_pred, models, j, j % a.shape[1])
             yield v.weight * loss, {"loss": float(loss.detach()), **metrics}
+
+    def _term(self, name: str, z_hat: Tensor, s_hat: Tensor | None, z: Tensor, s: Tensor | None,
+              metrics: dict[str, float]) -> Tensor:
+        """Distance of predicted frames 1..k (and their states, logged as state_{name}_loss) to
+        the window's."""
+        d = self._distance(z_hat, z[:, 1:])
+        if s is not None and s_hat is not None:
+            ds = self._distance(s_hat, s[:, 1:])
+            metrics[f"state_{name}_loss"] = float(ds.detach())
+            d = d + ds
+        return d
 
     def _inputs(self, batch: Batch) -> tuple[Tensor, Tensor | None]:
         """The batch's actions and, for a predictor that reads them, its states (float)."""
