@@ -136,8 +136,9 @@ def wall_push(wm, layouts: int = 40, steps: int = 8) -> dict:
     the scene's true dynamics (the frame it ends in, encoded): the mean learned steps to go and
     how often each move reads best (a slide along the wall may pass the door's row). Pushing
     into the wall does not move the agent, so through the world model it should read no
-    progress (`predicted_progress_steps`)."""
-    start, moved = [], []
+    progress (`predicted_progress_steps`); `progress_by_step`: the same after each of the steps
+    (where the model's error starts and how it compounds)."""
+    start, moved, into = [], [], []
     read: dict[str, list[np.ndarray]] = {"world_model": [], "true": []}
     for _, u, goal in fresh_layouts(wm, layouts, 3_000_000):
         side = -1.0 if u.agent[0] < u.wall_x else 1.0
@@ -157,6 +158,7 @@ def wall_push(wm, layouts: int = 40, steps: int = 8) -> dict:
                 z = wm.rollout(z0.expand(len(actions), -1), torch.from_numpy(actions).float())
                 z_true = wm.encode(torch.from_numpy(np.stack([u.render_at(q) for q in end])))
                 start.append(float(wm.value.steps_to_go(z0, goal)[0]))
+                into.append(wm.value.steps_to_go(z[0], goal.expand(steps, -1)).numpy())
                 read["world_model"].append(wm.value.steps_to_go(z[:, -1], goal).numpy())
                 read["true"].append(wm.value.steps_to_go(z_true, goal).numpy())
     d0 = np.array(start)
@@ -165,6 +167,7 @@ def wall_push(wm, layouts: int = 40, steps: int = 8) -> dict:
             "steps_to_go_start": float(d0.mean()),
             "steps_to_go_after": float(by["world_model"][:, 0].mean()),
             "predicted_progress_steps": float((d0 - by["world_model"][:, 0]).mean()),
+            "progress_by_step": (d0[:, None] - np.stack(into)).mean(0).tolist(),
             "moves": {move: {**{f"steps_to_go_{k}": float(v[:, i].mean()) for k, v in by.items()},
                              **{f"reads_best_{k}": int((v.argmin(1) == i).sum())
                                 for k, v in by.items()}}
@@ -344,7 +347,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"pushing into the wall for {wall['steps']} steps ({wall['pushes']} starts; the scene "
           f"moves the agent {wall['true_moved']:.3f}): the world model's last step reads "
           f"{wall['predicted_progress_steps']:.1f} steps of progress "
-          f"({wall['steps_to_go_start']:.1f} -> {wall['steps_to_go_after']:.1f} to go)")
+          f"({wall['steps_to_go_start']:.1f} -> {wall['steps_to_go_after']:.1f} to go); after "
+          "each step: " + " ".join(f"{v:.1f}" for v in wall["progress_by_step"]))
     print(f"pressed against the wall, {wall['steps']} steps of each move: steps to go through the "
           "world model / with the true dynamics (times read best, of "
           f"{wall['pushes']})")
