@@ -395,6 +395,15 @@ def test_value_trains_with_the_world_model_resumes_exactly_and_plans(tiny_inputs
 
     (again,) = run_episodes(wm, scene, ctrl, [0], progress=False, model=model)
     assert len(seen) == 1 and planned == [8] * 3 and again.steps == 3
+    shapes = []  # a model is exact: controller.correct leaves its unroll alone
+
+    def exact(env):
+        return lambda z0, actions: shapes.append(tuple(actions.shape[:2])) or wm.unroll_from(
+            z0, actions)
+
+    corrected = ctrl.model_copy(update={"correct": 1.0})
+    run_episodes(wm, scene, corrected, [0], progress=False, model=exact)
+    assert shapes == [(8, 3)] * 3
     with pytest.raises(JepalabError, match="trained with `value`"):
         run_episodes(load_world_model(trained), scene, ctrl, [0], progress=False)
 

@@ -55,7 +55,9 @@ def run_episodes(world_model: Any, scene: SceneConfig, ctrl: ControllerConfig, s
     """One MPC episode per reset seed; GIFs of the first `gifs` episodes under gif_dir, a few
     frames of the first episode as frames_path (.npy) for the card. model: scene -> the
     planner's unroll, in place of the world model's (e.g. the scene's own dynamics on encoded
-    frames, to tell the model's error from the energy's)."""
+    frames, to tell the model's error from the energy's); it is taken as exact, so
+    `controller.correct` is not applied to it (its unroll need not start from the latent it is
+    given, which the correction's one-step residuals assume)."""
     gifs = max(gifs, int(frames_path is not None))
     env = make(scene.name, image_size=scene.image_size, perturb=perturb, severity=severity,
                perturb_seed=perturb_seed, **scene.kwargs)
@@ -73,7 +75,8 @@ def run_episodes(world_model: Any, scene: SceneConfig, ctrl: ControllerConfig, s
         gen = torch.Generator().manual_seed(seed)
         with torch.inference_mode():
             unroll = model(env) if model is not None else world_model.unroll_from
-            fix = EpisodeCorrection(unroll, ctrl.correct) if ctrl.correct else None
+            fix = EpisodeCorrection(unroll, ctrl.correct) if ctrl.correct and model is None \
+                else None
             res = run_episode(env, world_model.encode, unroll, cfg, gen,
                               replan_every=ctrl.replan_every, max_steps=ctrl.max_steps,
                               record_frames=i < gifs, obs=obs, metric=ctrl.metric,
