@@ -15,15 +15,14 @@ alike; the ratio uses median step times.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import time
-from pathlib import Path
 
 import torch
 
 from jepalab.config import WorldModelConfig
+from jepalab.io import atomic_write_json
 from jepalab.models.build import FrozenEncoder
 from jepalab.models.vit import vit
 from jepalab.objectives import Batch
@@ -79,9 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         "step_s": {"teacher_forcing=1": med[1.0], "teacher_forcing=0": med[0.0]},
         "speedup": med[1.0] / med[0.0],
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
+    out = atomic_write_json(args.out, result)
     print(f"step (median of {args.steps}): teacher forcing + rollout {med[1.0]:.3f} s, rollout "
           f"only {med[0.0]:.3f} s: {med[1.0] / med[0.0]:.2f}x  -> {out}")
     return 0

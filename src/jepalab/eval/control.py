@@ -63,7 +63,8 @@ def run_episodes(world_model: Any, scene: SceneConfig, ctrl: ControllerConfig, s
                perturb_seed=perturb_seed, **scene.kwargs)
     cfg = planner_config(ctrl, env.action_space)
     energy = world_model.value_energy(ctrl.weights) if ctrl.metric == "value" else None
-    if ctrl.correct and model is None and world_model.predictor.context != 1:
+    correct = ctrl.correct if model is None else None  # a given model is exact
+    if correct and world_model.predictor.context != 1:
         raise JepalabError("controller.correct: needs a Markov world model (predictor.arch "
                            f"mlp or conv); this one attends to {world_model.predictor.context} "
                            "frames")
@@ -75,8 +76,7 @@ def run_episodes(world_model: Any, scene: SceneConfig, ctrl: ControllerConfig, s
         gen = torch.Generator().manual_seed(seed)
         with torch.inference_mode():
             unroll = model(env) if model is not None else world_model.unroll_from
-            fix = EpisodeCorrection(unroll, ctrl.correct) if ctrl.correct and model is None \
-                else None
+            fix = EpisodeCorrection(unroll, correct) if correct else None
             res = run_episode(env, world_model.encode, unroll, cfg, gen,
                               replan_every=ctrl.replan_every, max_steps=ctrl.max_steps,
                               record_frames=i < gifs, obs=obs, metric=ctrl.metric,
