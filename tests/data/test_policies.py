@@ -131,7 +131,7 @@ def test_tour_goes_from_waypoint_to_waypoint_through_the_door():
     env = make("two-rooms", random_wall=True, terminate_on_success=False)
     u = env.unwrapped
     pol = make_policy("tour:1", env.action_space)
-    assert pol.spec == "tour:p=1.0,corr=0.8,scale=0.6,edge=0.0"
+    assert pol.spec == "tour:p=1.0,corr=0.8,scale=0.6,edge=0.0,press=0.0"
     crossings, targets = [], set()
     for s in range(6):
         obs, _ = env.reset(seed=s)
@@ -161,7 +161,7 @@ def test_tour_edge_waypoints_press_against_the_wall_then_slide_on():
     env = make("two-rooms", random_wall=True, terminate_on_success=False)
     u = env.unwrapped
     pol = make_policy("tour:1,edge=1", env.action_space)
-    assert pol.spec == "tour:p=1.0,corr=0.8,scale=0.6,edge=1.0"
+    assert pol.spec == "tour:p=1.0,corr=0.8,scale=0.6,edge=1.0,press=0.0"
     reached = 0
     for s in range(4):
         obs, _ = env.reset(seed=s)
@@ -178,3 +178,41 @@ def test_tour_edge_waypoints_press_against_the_wall_then_slide_on():
     assert reached >= 4
     with pytest.raises(JepalabError, match="edge=1.5 must be in"):
         parse_policy_spec("tour:1,edge=1.5")
+
+
+def test_tour_press_heads_straight_into_the_wall_after_an_edge_waypoint():
+    from jepalab.envs import make
+
+    env = make("two-rooms", random_wall=True, terminate_on_success=False)
+    u = env.unwrapped
+    pol = make_policy("tour:1,edge=1,press=6", env.action_space)
+    assert pol.spec == "tour:p=1.0,corr=0.8,scale=0.6,edge=1.0,press=6.0"
+    blocked = {0: 0, 6: 0}
+    for press in blocked:
+        pol = make_policy(f"tour:1,edge=1,press={press}", env.action_space)
+        for s in range(4):
+            obs, _ = env.reset(seed=s)
+            rng = policy_rng(s)
+            pol.reset(rng)
+            for _ in range(64):
+                a = pol.act(env, obs, rng)
+                before = u.agent.copy()
+                obs, *_ = env.step(a)
+                # a move into the wall's face: full speed along x, little of it happening
+                moved = abs(u.agent[0] - before[0])
+                blocked[press] += int(abs(a[0]) > 0.99 and moved < 0.2 * u.max_step)
+    assert blocked[0] == 0 and blocked[6] >= 8
+    # press=0 leaves the tour's draws as they were: the same path as without the parameter
+    paths = []
+    for spec in ("tour:1,edge=0.5", "tour:1,edge=0.5,press=0"):
+        pol, path = make_policy(spec, env.action_space), []
+        obs, _ = env.reset(seed=3)
+        rng = policy_rng(3)
+        pol.reset(rng)
+        for _ in range(40):
+            obs, *_ = env.step(pol.act(env, obs, rng))
+            path.append(u.agent.copy())
+        paths.append(np.array(path))
+    np.testing.assert_array_equal(*paths)
+    with pytest.raises(JepalabError, match="press=1.5 must be"):
+        parse_policy_spec("tour:1,press=1.5")

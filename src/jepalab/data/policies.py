@@ -17,13 +17,19 @@
                                   path pairs the states wandering reaches (against a wall, in a
                                   corner) with the goal, which a learned cost-to-go needs and
                                   neither pure behaviour gives (benchmarks/planning_ceiling.py).
-    tour:P[,corr=C,scale=S,edge=E]  as mixture:P, but a scripted episode tours: the expert goes
+    tour:P[,corr=C,scale=S,edge=E,press=N]
+                                  as mixture:P, but a scripted episode tours: the expert goes
                                   to a random point of the scene (``waypoint``), then to the
                                   next, ... (``policy.mode`` "tour"); its path pairs starts and
                                   goals from all over the layout, each leg a near-shortest path.
                                   With probability E (default 0) a waypoint is pressed against
                                   an obstacle (``waypoint(rng, edge=True)``: the wall's faces),
-                                  so legs also start where a stuck planner ends.
+                                  so legs also start where a stuck planner ends. With N > 0,
+                                  the first k ~ U{1..N} steps of the leg after such a waypoint
+                                  head straight at the next one, obstacles ignored (full speed
+                                  along the larger axis; actions are displacements): a stuck
+                                  planner's mistake, whose blocked moves a world model must see
+                                  to predict them.
 
 ``policy.spec`` is the canonical spec with every default written out; two specs that mean the
 same policy have the same canonical spec (datasets compare it when resuming).
@@ -43,7 +49,7 @@ _DEFAULTS: dict[str, dict[str, float]] = {
     "expert": {"noise": 0.0},
     "mixture": {"p": 0.5, "corr": 0.8, "scale": 0.6},
     "explore": {"steps": 40.0, "p": 0.5, "corr": 0.8, "scale": 0.6},
-    "tour": {"p": 0.5, "corr": 0.8, "scale": 0.6, "edge": 0.0},
+    "tour": {"p": 0.5, "corr": 0.8, "scale": 0.6, "edge": 0.0, "press": 0.0},
 }
 KINDS = tuple(_DEFAULTS)
 # The parameter a bare leading number sets.
@@ -86,6 +92,7 @@ def parse_policy_spec(spec: str) -> tuple[str, dict[str, float]]:
         "scale": (lambda v: v > 0.0, "> 0"),
         "noise": (lambda v: v >= 0.0, ">= 0"),
         "steps": (lambda v: v >= 0.0 and v == int(v), "a whole number >= 0"),
+        "press": (lambda v: v >= 0.0 and v == int(v), "a whole number >= 0"),
     }
     for key, v in params.items():
         ok, why = checks[key]
@@ -181,7 +188,12 @@ class ExpertPolicy(Policy):
         return ()  # the scene's own goal
 
     def act(self, env: gym.Env, obs: Any, rng: np.random.Generator) -> np.ndarray:
-        a = self._expert(env, rng, *self._targets(env, rng))
+        return self._towards(env, rng, *self._targets(env, rng))
+
+    def _towards(self, env: gym.Env, rng: np.random.Generator, *target: np.ndarray
+                 ) -> np.ndarray:
+        """The expert's action (to the scene's goal, or to `target`), plus noise."""
+        a = self._expert(env, rng, *target)
         if self.params["noise"] > 0:
             z = self._from_box(a) + rng.normal(0.0, self.params["noise"], self.space.shape)
             return self._to_box(z)
@@ -232,20 +244,33 @@ class ExplorePolicy(MixturePolicy):
 
 
 class TourPolicy(ExpertPolicy):
-    """The expert going from one random point of the scene to the next (``waypoint``)."""
+    """The expert going from one random point of the scene to the next (``waypoint``); after
+    an edge waypoint, with ``press`` N > 0, the next leg's first k ~ U{1..N} steps head straight
+    at its target."""
 
     mode = "tour"
 
     def reset(self, rng: np.random.Generator) -> None:
         self.target: np.ndarray | None = None
+        self.edge, self.straight = False, 0  # steps left of heading straight at the target
+
+    def act(self, env: gym.Env, obs: Any, rng: np.random.Generator) -> np.ndarray:
+        target = self._targets(env, rng)[0]
+        if self.straight > 0:
+            self.straight -= 1
+            d = target - env.unwrapped.agent  # waypoint scenes: the agent's position
+            return self._to_box(d / max(float(np.abs(d).max()), 1e-9))
+        return self._towards(env, rng, target)
 
     def _targets(self, env: gym.Env, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
         u = env.unwrapped
         try:
             if self.target is None or u.reached(self.target):
-                p = self.params["edge"]
-                edge = p > 0 and rng.random() < p  # no draw at edge 0: tours as before
-                self.target = u.waypoint(rng, edge=True) if edge else u.waypoint(rng)
+                p, press = self.params["edge"], int(self.params["press"])
+                if self.target is not None and self.edge and press:
+                    self.straight = int(rng.integers(1, press + 1))
+                self.edge = p > 0 and rng.random() < p  # no draw at edge 0: tours as before
+                self.target = u.waypoint(rng, edge=True) if self.edge else u.waypoint(rng)
         except (AttributeError, NotImplementedError):
             raise JepalabError(
                 f"policy 'tour': scene {type(u).__name__} has no waypoint(); use 'explore'"
@@ -259,7 +284,8 @@ class TourMixture(MixturePolicy):
     def __init__(self, action_space: gym.spaces.Box, params: dict[str, float]) -> None:
         super().__init__(action_space, params)
         self.spec = _spec("tour", params)
-        self.expert = TourPolicy(action_space, {"noise": 0.0, "edge": params["edge"]})
+        self.expert = TourPolicy(action_space, {"noise": 0.0, "edge": params["edge"],
+                                                "press": params["press"]})
 
 
 def make_policy(
