@@ -215,3 +215,21 @@ def test_value_updates_take_more_steps_of_the_value_alone(learning):
             torch.testing.assert_close(after[3][key], v)
     assert any(not torch.equal(after[3][k], v) for k, v in after[1].items()
                if k.startswith("value."))
+
+
+@pytest.mark.parametrize("arch,use_state", [("mlp", False), ("conv", True)])
+def test_value_updates_read_the_predictors_teacher_forced_step(arch, use_state):
+    """The extra value updates compute only the one-step predictions they read; each update's
+    loss is the one from the full teacher-forced pass."""
+    value = {"hidden": 8, "depth": 1, "form": "metric", "learning": "quasimetric", "updates": 5}
+    obj, models, batch = _setup(arch, 3, use_state, value=value)
+    d = models["value"].latent_dim
+    g = torch.Generator().manual_seed(3)
+    batch.goals, batch.goal_steps = torch.randn(3, 5, d, generator=g), torch.full((3, 5), -1)
+    got = [float(loss.detach()) for loss, _ in obj.extra_steps(batch, models)]
+    z = obj.latents(batch.x, models)
+    a, s = obj._inputs(batch)
+    z_pred = obj._teacher_forced(models, z, a, s)[0]
+    want = [float(obj._value_loss(batch, z, z_pred[:, j % 3], models, j, j % 3)[0].detach())
+            for j in range(1, 5)]
+    assert got == pytest.approx(want, rel=1e-5)

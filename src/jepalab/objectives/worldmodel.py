@@ -234,7 +234,7 @@ class WorldModelObjective(Objective):
                 metrics["tf_loss"] = float(tf.detach())
             if "value" in models:
                 v = cast(ValueConfig, self.wm.value)
-                v_loss, v_metrics = self._value_loss(batch, z, z_ro.detach(), models)
+                v_loss, v_metrics = self._value_loss(batch, z, z_ro[:, 0].detach(), models)
                 loss = loss + v.weight * v_loss
                 metrics.update(v_metrics)
                 if v.consistency > 0:
@@ -257,12 +257,19 @@ class WorldModelObjective(Objective):
         if v is None or v.updates == 1:
             return
         a, s = self._inputs(batch)
+        pred = cast(ACPredictor, models["predictor"])
+        k = a.shape[1]
         with torch.no_grad(), torch.autocast(batch.x.device.type, enabled=False):
             z = self.latents(batch.x, models)
-            z_pred = self._teacher_forced(models, z, a, s)[0]
+            z_next: dict[int, Tensor] = {}  # the one-step predictions the updates use, only
+            for t in sorted({j % k for j in range(1, v.updates)} - {k - 1}):
+                lo = max(0, t + 1 - pred.context)  # the history the predictor reads
+                z_next[t] = pred(z[:, lo : t + 1], a[:, lo : t + 1],
+                                 s[:, lo : t + 1] if s is not None else None)[0][:, -1]
         for j in range(1, v.updates):
+            t = j % k
             with torch.autocast(batch.x.device.type, enabled=False):
-                loss, metrics = self._value_loss(batch, z, z_pred, models, j, j % a.shape[1])
+                loss, metrics = self._value_loss(batch, z, z_next.get(t), models, j, t)
             yield v.weight * loss, {"loss": float(loss.detach()), **metrics}
 
     def _term(self, name: str, z_hat: Tensor, s_hat: Tensor | None, z: Tensor, s: Tensor | None,
@@ -291,11 +298,11 @@ class WorldModelObjective(Objective):
         pred = cast(ACPredictor, models["predictor"])
         return pred(z[:, :k], a, s[:, :k] if s is not None else None)
 
-    def _value_loss(self, batch: Batch, z: Tensor, z_pred: Tensor, models: nn.ModuleDict,
+    def _value_loss(self, batch: Batch, z: Tensor, z_pred: Tensor | None, models: nn.ModuleDict,
                     draw: int = 0, t: int = 0) -> tuple[Tensor, dict[str, float]]:
         """On goal draw `draw` of the batch: the transition from the encoded frame t and, with
         a frame t + 2 in the window, from the predicted frame t + 1 (module docstring);
-        z_pred[:, t]: the predictor's frame t + 1."""
+        z_pred [B, D]: the predictor's frame t + 1 from the encoded frames up to t."""
         if batch.goals is None or batch.goal_steps is None:
             raise JepalabError("value: world-model batches need hindsight goals (goals, "
                                "goal_steps); train with the latent cache (pooled latents)")
@@ -312,7 +319,8 @@ class WorldModelObjective(Objective):
 
         loss, metrics = learn(z[:, t], z[:, t + 1], t)
         if z.shape[1] >= t + 3:
-            pred_loss, _ = learn(z_pred[:, t], z[:, t + 2], t + 1)
+            assert z_pred is not None
+            pred_loss, _ = learn(z_pred, z[:, t + 2], t + 1)
             metrics["value_pred_loss"] = float(pred_loss.detach())
             loss = (loss + pred_loss) / 2
             metrics["value_loss"] = float(loss.detach())
