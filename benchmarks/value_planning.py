@@ -174,6 +174,33 @@ def wall_push(wm, layouts: int = 40, steps: int = 8) -> dict:
                       for i, move in enumerate(WALL_MOVES)}}
 
 
+def wall_face(wm, layouts: int = 40, first_seed: int = 1_000_000) -> dict:
+    """The value along the wall's face: the agent pressed against the start room's face at
+    heights 4 cm apart, in the layouts of reset seeds first_seed + i (the evaluation's episodes)
+    whose goal is behind the wall, read in steps to go on encoded frames. The way round passes
+    the door, so the face's minimum should lie at the door's height; `off_door` lists the
+    layouts whose minimum lies beyond the door's opening (a local minimum a short-horizon
+    planner stops in), with the true path minus the value's reading there (> 0: it reads the
+    goal nearer than it is)."""
+    ys = np.arange(0.06, 0.95, 0.04)
+    off, under, count = [], [], 0
+    for i, u, goal in fresh_layouts(wm, layouts, first_seed):
+        side = -1.0 if u.agent[0] < u.wall_x else 1.0
+        if (u.goal[0] < u.wall_x) == (side < 0):
+            continue
+        count += 1
+        x = u.wall_x + side * (u.wall_thickness / 2 + u.agent_radius + 0.01)
+        pts = np.c_[np.full(len(ys), x), ys]
+        with torch.inference_mode():
+            frames = torch.from_numpy(np.stack([u.render_at(p) for p in pts]))
+            d = wm.value.steps_to_go(wm.encode(frames), goal).numpy()
+        k = int(d.argmin())
+        if abs(ys[k] - u.door_y) > u.door_width / 2:
+            off.append(i)
+            under.append(float(u.path_length(pts[k : k + 1])[0] / u.max_step - d[k]))
+    return {"layouts": count, "off_door": off, "off_door_underestimate_steps": under}
+
+
 def endings(rows) -> dict[str, int]:
     """Where two-rooms MPC episodes (`run_episodes` rows) ended: at the goal, in the start's
     room pressed against the wall (within 1 cm of touching it), elsewhere in the start's room,
@@ -322,6 +349,7 @@ def main(argv: list[str] | None = None) -> int:
     wm = load_world_model(wm_path)
     reading = value_vs_path(wm)
     wall = wall_push(wm)
+    face = wall_face(wm)
     last = json.loads((wm_path.parents[1] / "metrics.jsonl").read_text().splitlines()[-1])
     fit = {k: last.get(k, float("nan"))  # final step's batch (no tf_loss if teacher_forcing=0)
            for k in ("tf_loss", "rollout_loss", "copy_loss")}
@@ -355,6 +383,10 @@ def main(argv: list[str] | None = None) -> int:
     for move, m in wall["moves"].items():
         print(f"  {move}: {m['steps_to_go_world_model']:.1f} ({m['reads_best_world_model']}) / "
               f"{m['steps_to_go_true']:.1f} ({m['reads_best_true']})")
+    print(f"the value along the start room's face of the wall ({face['layouts']} evaluation "
+          f"layouts, goal behind it): lowest away from the door in {len(face['off_door'])} "
+          f"(episodes {face['off_door']}; true path minus the value there, steps: "
+          + ", ".join(f"{v:.1f}" for v in face["off_door_underestimate_steps"]) + ")")
     print(f"world model at its last step (L1, per latent dim): teacher forcing "
           f"{fit['tf_loss']:.4f}, rollout {fit['rollout_loss']:.4f}, nothing moves "
           f"{fit['copy_loss']:.4f}")
@@ -378,7 +410,8 @@ def main(argv: list[str] | None = None) -> int:
         "layout_every": None if args.data else args.layout_every,
         "on_policy": args.on_policy,
         "encoder": str(enc), "world_model": str(wm_path),
-        "seconds": times, "value_vs_path": reading, "wall_push": wall, "world_model_fit": fit,
+        "seconds": times, "value_vs_path": reading, "wall_push": wall, "wall_face": face,
+        "world_model_fit": fit,
         "rows": rows})
     return 0
 
