@@ -157,3 +157,20 @@ def test_bad_arguments(tmp_path):
         collect_fake(tmp_path / "p", episodes=2, policy="greedy")
     with pytest.raises(JepalabError, match="scene 'nope'"):
         collect("nope", 2, tmp_path / "s", progress=False)
+
+
+def test_appending_to_a_dataset_recorded_before_a_policy_parameter_existed(tmp_path):
+    """A tour dataset recorded as 'tour:...,edge=0.3' (before `press`) takes more episodes of
+    the same policy: the recorded spec is read with today's defaults (press=0)."""
+    path = collect("two-rooms", 2, tmp_path / "tr", image_size=16, max_steps=5,
+                   policy="tour:0.5,edge=0.3", progress=False)
+    manifest = json.loads((path / "manifest.json").read_text())
+    assert manifest["meta"]["policy"].endswith(",press=0.0")
+    manifest["meta"]["policy"] = "tour:p=0.5,corr=0.8,scale=0.6,edge=0.3"
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    collect("two-rooms", 3, path, image_size=16, max_steps=5, policy="tour:0.5,edge=0.3",
+            progress=False)
+    assert TrajectoryStore.open(path).num_episodes == 3
+    with pytest.raises(JepalabError, match="policy="):
+        collect("two-rooms", 4, path, image_size=16, max_steps=5,
+                policy="tour:0.5,edge=0.3,press=4", progress=False)

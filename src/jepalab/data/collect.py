@@ -246,7 +246,9 @@ def collect(
         }
         if (out / MANIFEST).exists():
             store = TrajectoryStore.open(out, verify=True)
-            check_compatible(out, store.meta, meta)
+            # a spec recorded before a policy gained a parameter means its default
+            recorded = {**store.meta, "policy": canonical_spec(store.meta["policy"])}
+            check_compatible(out, recorded, meta)
         else:
             store = TrajectoryStore.create(out, meta)
         store.lock()
