@@ -125,6 +125,18 @@ def value_vs_path(wm, episodes: int = 30, points: int = 40) -> dict[str, float]:
             "mean_abs_error_steps": float(np.mean(errors))}
 
 
+def touch(u) -> float:
+    """How far from the wall's centre line an agent pressed against it sits (1 cm off it)."""
+    return u.wall_thickness / 2 + u.agent_radius + 0.01
+
+
+def start_face(u) -> tuple[float, float]:
+    """The start room's side of the wall (-1 left, 1 right) and the x of an agent pressed
+    against that face."""
+    side = -1.0 if u.agent[0] < u.wall_x else 1.0
+    return side, u.wall_x + side * touch(u)
+
+
 WALL_MOVES = ("into the wall", "along it to the door", "along it away from the door",
               "away from the wall")
 
@@ -141,10 +153,9 @@ def wall_push(wm, layouts: int = 40, steps: int = 8) -> dict:
     start, moved, into = [], [], []
     read: dict[str, list[np.ndarray]] = {"world_model": [], "true": []}
     for _, u, goal in fresh_layouts(wm, layouts, 3_000_000):
-        side = -1.0 if u.agent[0] < u.wall_x else 1.0
+        side, x = start_face(u)
         ys = np.linspace(0.1, 0.9, 9)
         ys = ys[np.abs(ys - u.door_y) > 0.2]
-        x = u.wall_x + side * (u.wall_thickness / 2 + u.agent_radius + 0.01)
         for y in ys:
             actions = np.zeros((len(WALL_MOVES), steps, 2))
             actions[0, :, 0], actions[3, :, 0] = -side, side
@@ -185,11 +196,10 @@ def wall_face(wm, layouts: int = 40, first_seed: int = 1_000_000) -> dict:
     ys = np.arange(0.06, 0.95, 0.04)
     off, under, count = [], [], 0
     for i, u, goal in fresh_layouts(wm, layouts, first_seed):
-        side = -1.0 if u.agent[0] < u.wall_x else 1.0
+        side, x = start_face(u)
         if (u.goal[0] < u.wall_x) == (side < 0):
             continue
         count += 1
-        x = u.wall_x + side * (u.wall_thickness / 2 + u.agent_radius + 0.01)
         pts = np.c_[np.full(len(ys), x), ys]
         with torch.inference_mode():
             frames = torch.from_numpy(np.stack([u.render_at(p) for p in pts]))
@@ -211,11 +221,10 @@ def endings(rows) -> dict[str, int]:
     for r in rows:
         env.reset(seed=r.reset_seed)
         u, (x, _, wall, _) = env.unwrapped, r.final_state
-        touch = u.wall_thickness / 2 + u.agent_radius + 0.01
         if r.success:
             out["reached"] += 1
         elif (x < wall) == (u.agent[0] < wall):  # u.agent: the start after the reset
-            out["start room, at the wall" if abs(x - wall) <= touch
+            out["start room, at the wall" if abs(x - wall) <= touch(u)
                 else "start room, elsewhere"] += 1
         else:
             out["goal room, short"] += 1
