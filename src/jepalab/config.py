@@ -367,6 +367,9 @@ class ValueConfig(Config):
         "[z, g], or steps to go as a learned distance ||phi(z) - phi(g)|| (symmetric: for "
         "scenes whose moves can be undone)")
     embed: int = Field(64, ge=1, description="width of phi for form 'metric'")
+    norm: Literal["l2", "l1"] = Field(
+        "l2", description="form 'metric': the norm of phi(z) - phi(g); l1 holds shortest paths "
+        "around an obstacle that l2 cannot (two rooms joined at a door embed in l1, not in l2)")
     learning: Literal["td", "quasimetric"] = Field(
         "td", description="expectile TD on V, or the steps to go learned as a quasimetric "
         "(form 'metric'; goals from both directions of the episode)")

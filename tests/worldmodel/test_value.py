@@ -160,6 +160,47 @@ def test_the_mlp_forms_read_the_goal_relative_to_the_start_or_as_it_is(form):
     assert GoalValue(4, 16, 2, 0.9).form == "diff"  # the default
 
 
+def _star_distances(norm: str) -> tuple[np.ndarray, np.ndarray]:
+    """Quasimetric learning on a star of three arms of two steps (0 the centre; arms 1-2, 3-4,
+    5-6): the learned distances between all nodes and the true ones."""
+    edges = [(0, 1), (1, 2), (0, 3), (3, 4), (0, 5), (5, 6)]
+    arm = [0, 1, 2, 1, 2, 1, 2]  # steps from the centre
+    true = np.array([[abs(arm[a] - arm[b]) if a == b or 0 in (a, b) or (a + 1) // 2 == (b + 1) // 2
+                      else arm[a] + arm[b] for b in range(7)] for a in range(7)])
+    torch.manual_seed(0)
+    eye = torch.eye(7)
+    value = GoalValue(7, 64, 2, 0.9, form="metric", embed=16, norm=norm)
+    opt = torch.optim.Adam(value.parameters(), 3e-3)
+    src, dst = (torch.tensor([e[i] for e in edges] + [e[1 - i] for e in edges]) for i in (0, 1))
+    for _ in range(1500):
+        i, g = torch.randint(len(src), (128,)), torch.randint(7, (128,))
+        loss, _ = quasimetric_loss(value, eye[src[i]], eye[dst[i]], eye[g], 10.0, 40.0)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        return value.distance(eye[:, None], eye[None]).numpy(), true
+
+
+def test_an_l1_metric_holds_a_tree_that_l2_cannot():
+    """Three arms meeting at a point (as two rooms meet at a door) embed in l1 but not in l2,
+    which must read some tip-to-tip pairs nearer than they are: l1 learns distances in one
+    proportion to the true ones (the constraint's slack), l2 does not."""
+    spread = {}
+    for norm in ("l1", "l2"):
+        d, true = _star_distances(norm)
+        ratio = d[true > 0] / true[true > 0]
+        spread[norm] = ratio.max() / ratio.min()
+    assert spread["l1"] < 1.15 < spread["l2"], spread
+    value = GoalValue(5, 32, 2, 0.95, form="metric", embed=8, norm="l1")
+    z, g = torch.randn(2, 4, 5)
+    with torch.no_grad():
+        emb = value.net(z) - value.net(g)
+        assert torch.allclose(value.distance(z, g), emb.abs().sum(-1), atol=1e-3)
+    with pytest.raises(ValueError, match="norm"):
+        GoalValue(5, 32, 2, 0.95, form="metric", norm="l3")
+
+
 def test_the_metric_form_is_a_distance_in_steps():
     torch.manual_seed(0)
     value = GoalValue(5, 32, 2, 0.95, form="metric", embed=8)

@@ -89,8 +89,12 @@ class GoalValue(nn.Module):
     `GridPool`) the value reads both through it (a coarser grid than the predictor's)."""
 
     def __init__(self, latent_dim: int, hidden: int, depth: int, gamma: float,
-                 form: str = "diff", embed: int = 64, view: GridPool | None = None) -> None:
+                 form: str = "diff", embed: int = 64, view: GridPool | None = None,
+                 norm: str = "l2") -> None:
         super().__init__()
+        if norm not in ("l2", "l1"):
+            raise ValueError(f"value norm must be 'l2' or 'l1', got {norm!r}")
+        self.norm = norm
         if form not in VALUE_FORMS:
             raise ValueError(f"value form must be one of {VALUE_FORMS}, got {form!r}")
         self.latent_dim, self.gamma, self.form = latent_dim, float(gamma), form
@@ -108,7 +112,13 @@ class GoalValue(nn.Module):
 
     def distance(self, z: Tensor, g: Tensor) -> Tensor:
         """Form "metric": the steps to go as a distance ||phi(z) - phi(g)||."""
-        return embedded_distance(self.embed(z), self.embed(g))
+        return self.between(self.embed(z), self.embed(g))
+
+    def between(self, a: Tensor, b: Tensor) -> Tensor:
+        """The distance of embeddings a, b [..., embed] (`embed`) in the value's norm, with a
+        gradient at 0."""
+        sq = (a - b).square()
+        return (sq.sum(-1) + 1e-8).sqrt() if self.norm == "l2" else (sq + 1e-8).sqrt().sum(-1)
 
     def embed(self, z: Tensor) -> Tensor:
         """Form "metric": phi(z), the embedding whose distances are the steps to go."""
@@ -120,7 +130,8 @@ class GoalValue(nn.Module):
     def from_config(cls, latent_dim: int, cfg: ValueConfig, side: int = 1) -> GoalValue:
         """side: the grid the latents are pooled on (the predictor's `pool`)."""
         view = GridPool(side, cfg.pool) if cfg.pool and cfg.pool != side else None
-        return cls(latent_dim, cfg.hidden, cfg.depth, cfg.gamma, cfg.form, cfg.embed, view)
+        return cls(latent_dim, cfg.hidden, cfg.depth, cfg.gamma, cfg.form, cfg.embed, view,
+                   cfg.norm)
 
     def energy(self, weights: str | Tensor = "final", where: str = "value"
                ) -> Callable[[Tensor], Cost]:
@@ -141,11 +152,6 @@ class GoalValue(nn.Module):
         floor = -1.0 / (1.0 - self.gamma) + 1e-4
         v = self(z, g).clamp(min=floor)
         return torch.log1p((1.0 - self.gamma) * v) / math.log(self.gamma)
-
-
-def embedded_distance(a: Tensor, b: Tensor) -> Tensor:
-    """||a - b|| over the last dim, with a gradient at 0."""
-    return ((a - b).square().sum(-1) + 1e-8).sqrt()
 
 
 def steps_value(steps: Tensor, gamma: float) -> Tensor:
@@ -184,8 +190,8 @@ def quasimetric_loss(value: GoalValue, z: Tensor, z_next: Tensor, goal: Tensor,
     z -> z_next [B, D] and goals [B, D] of the same episodes: push d(z, goal) up (saturating
     near `cap` steps) under the penalised constraint d(z, z_next) <= 1."""
     here = value.embed(z)  # phi(z) once for both distances
-    far = embedded_distance(here, value.embed(goal))
-    local = embedded_distance(here, value.embed(z_next))
+    far = value.between(here, value.embed(goal))
+    local = value.between(here, value.embed(z_next))
     push = F.softplus(cap - far, beta=0.1).mean()
     violation = F.relu(local - 1.0).square().mean()
     loss = push + penalty * violation
