@@ -46,7 +46,13 @@ Three forms of V (`ValueConfig.form`):
   (HIQL's parametrisation, here with one shared phi). A metric is zero at the goal, symmetric
   and obeys the triangle inequality, as shortest-path lengths do in a scene whose moves can be
   undone (navigation), so it generalises from fewer pairs; it cannot express one-way moves (a
-  push that cannot be undone).
+  push that cannot be undone). `ValueConfig.norm` picks the norm: l2, or l1 = sum_i |phi_i(z)
+  - phi_i(g)|. Paths around an obstacle are not Euclidean: three arms that meet at a point (a
+  tree; two rooms joined at a door are one, to the door's width) embed isometrically in l1 but
+  in no l2, which must read some pairs on different arms nearer than they are (tested on a
+  star). On two-rooms that is the wall's two faces at one height: the l2 value read a goal
+  behind the wall nearer from the face than from the door in 13 of 40 fresh layouts, l1 in 2
+  (`wall_face` of `benchmarks/value_planning.py`; docs/findings.md).
 """
 
 from __future__ import annotations
