@@ -50,9 +50,10 @@ Three forms of V (`ValueConfig.form`):
   - phi_i(g)|. Paths around an obstacle are not Euclidean: three arms that meet at a point (a
   tree; two rooms joined at a door are one, to the door's width) embed isometrically in l1 but
   in no l2, which must read some pairs on different arms nearer than they are (tested on a
-  star). On two-rooms that is the wall's two faces at one height: the l2 value read a goal
-  behind the wall nearer from the face than from the door in 13 of 40 fresh layouts, l1 in 2
-  (`wall_face` of `benchmarks/value_planning.py`; docs/findings.md).
+  star). On two-rooms that is the wall's two faces at one height: trained the same way, the l2
+  value read a goal behind the wall nearer from the face than from the door in 11 of 40 fresh
+  layouts, the l1 value in 3, and planned at 89 % against 96 % (`wall_face` of
+  `benchmarks/value_planning.py`; docs/findings.md).
 """
 
 from __future__ import annotations
