@@ -351,6 +351,8 @@ class PredictorConfig(Config):
 
 ValueForm = Literal["diff", "mlp", "metric"]  # `jepalab.models.value` says what each is
 VALUE_FORMS: tuple[str, ...] = get_args(ValueForm)
+ValueNorm = Literal["l2", "l1"]  # form "metric": the norm of phi(z) - phi(g)
+VALUE_NORMS: tuple[str, ...] = get_args(ValueNorm)
 
 
 class ValueConfig(Config):
@@ -367,7 +369,7 @@ class ValueConfig(Config):
         "[z, g], or steps to go as a learned distance ||phi(z) - phi(g)|| (symmetric: for "
         "scenes whose moves can be undone)")
     embed: int = Field(64, ge=1, description="width of phi for form 'metric'")
-    norm: Literal["l2", "l1"] = Field(
+    norm: ValueNorm = Field(
         "l2", description="form 'metric': the norm of phi(z) - phi(g); l1 holds shortest paths "
         "around an obstacle that l2 cannot (two rooms joined at a door embed in l1, not in l2)")
     learning: Literal["td", "quasimetric"] = Field(

@@ -67,7 +67,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from jepalab.config import VALUE_FORMS, ValueConfig
+from jepalab.config import VALUE_FORMS, VALUE_NORMS, ValueConfig
 from jepalab.models.mlp import mlp
 from jepalab.planning.base import Cost, check_weights, step_energy
 
@@ -99,8 +99,8 @@ class GoalValue(nn.Module):
                  form: str = "diff", embed: int = 64, view: GridPool | None = None,
                  norm: str = "l2") -> None:
         super().__init__()
-        if norm not in ("l2", "l1"):
-            raise ValueError(f"value norm must be 'l2' or 'l1', got {norm!r}")
+        if norm not in VALUE_NORMS:
+            raise ValueError(f"value norm must be one of {VALUE_NORMS}, got {norm!r}")
         self.norm = norm
         if form not in VALUE_FORMS:
             raise ValueError(f"value form must be one of {VALUE_FORMS}, got {form!r}")
