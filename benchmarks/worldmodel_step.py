@@ -37,18 +37,26 @@ EMBED = 128  # the benchmark encoder's width (configs/demo/pretrain.yaml)
 VALUE = {"form": "metric", "learning": "quasimetric", "p_layout": 0.5}
 
 
-def setup(variant: str, batch: int, k: int) -> tuple:
+def setup(variant: str, batch_size: int, k: int) -> tuple:
     over = parse_overrides([f"--{kv}" for kv in variant.split(",") if kv])
     cfg = WorldModelConfig(**merge({
         "encoder": "unused", "data": {"path": "unused"}, "rollout_steps": k,
-        "batch_size": batch, "precision": "fp32", "value": VALUE,
+        "batch_size": batch_size, "precision": "fp32", "value": VALUE,
         "predictor": {"arch": "mlp", "dim": 1024, "depth": 4, "pool": 2, "keypoints": 2.0}},
         over))
     torch.manual_seed(0)
     enc = FrozenEncoder(vit("micro", img_size=64, patch_size=8, embed_dim=EMBED), "0" * 64, {})
     obj = WorldModelObjective(cfg, A, S)
     models = obj.build(enc)
-    return cfg, obj, models, make_optimizer(models, obj.trainable(models), cfg.optim.lr)
+    g = torch.Generator().manual_seed(1)  # one batch per variant, shaped by its config
+    dim, goals = cfg.predictor.latent_dim(EMBED), cfg.value.updates
+    batch = Batch(
+        x=torch.randn(batch_size, k + 1, dim, generator=g), masks=[], generator=g,
+        actions=torch.randn(batch_size, k, A, generator=g),
+        states=torch.randn(batch_size, k + 1, S, generator=g),
+        goals=torch.randn(batch_size, goals, dim, generator=g),
+        goal_steps=torch.randint(-1, 30, (batch_size, goals), generator=g))
+    return cfg, obj, models, make_optimizer(models, obj.trainable(models), cfg.optim.lr), batch
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,15 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     runs = {v: setup(v, args.batch, args.k) for v in args.variants}
     times: dict[str, list[float]] = {v: [] for v in runs}
     for i in range(args.steps + 2):  # two warm-up rounds
-        for v, (cfg, obj, models, opt) in runs.items():
-            g = torch.Generator().manual_seed(i)
-            dim, goals = cfg.predictor.latent_dim(EMBED), cfg.value.updates
-            batch = Batch(
-                x=torch.randn(args.batch, args.k + 1, dim, generator=g), masks=[], generator=g,
-                actions=torch.randn(args.batch, args.k, A, generator=g),
-                states=torch.randn(args.batch, args.k + 1, S, generator=g),
-                goals=torch.randn(args.batch, goals, dim, generator=g),
-                goal_steps=torch.randint(-1, 30, (args.batch, goals), generator=g))
+        for v, (cfg, obj, models, opt, batch) in runs.items():
             t = time.perf_counter()
             train_step(models, obj, opt, batch, cfg)
             if i >= 2:
