@@ -1,14 +1,14 @@
 """Planning with a JEPA world model in a scene against random-action and do-nothing baselines.
 
-The demo's recipe on another scene: collect (mixture of scripted and correlated-random
-episodes) -> I-JEPA encoder (configs/demo/pretrain.yaml) -> world model on pooled latents
-(configs/demo/worldmodel.yaml) -> MPC with CEM. Then the same reset seeds are played by MPC, by
-uniformly random actions and by zero actions ("do nothing": velocity scenes stay put), and, as a
-reference that reads the true state, the scene's scripted expert; success with Wilson 95 % CIs,
-all measured in this run. Stages resume from OUT.
+The demo's recipe (until 2026-12-05) on another scene: collect (mixture of scripted and
+correlated-random episodes) -> I-JEPA encoder (configs/demo/pretrain.yaml) -> world model on
+pooled latents (configs/worldmodel_pooled.yaml) -> MPC with CEM. Then the same reset seeds are
+played by MPC, by uniformly random actions and by zero actions ("do nothing": velocity scenes
+stay put), and, as a reference that reads the true state, the scene's scripted expert; success
+with Wilson 95 % CIs, all measured in this run. Stages resume from OUT.
 
     python benchmarks/scene_control.py --scene tabletop-push [--episodes 20] [--out runs/bench/X]
-        [--energy value]   # plan with the learned cost-to-go of configs/demo/worldmodel.yaml
+        [--energy value]   # plan with the learned cost-to-go of configs/worldmodel_pooled.yaml
                            # (quasimetric steps to go, last predicted step) instead of L1
         [--data-episodes 200] [--wm-steps 2000] [--max-steps N]
         [--scene-set camera=top]   # a scene keyword (repeatable), for collection and evaluation
@@ -38,6 +38,7 @@ from jepalab.train.loop import pretrain
 from jepalab.train.worldmodel import load_world_model, train_worldmodel
 
 DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo"
+WORLD_MODEL = DEMO.parent / "worldmodel_pooled.yaml"  # the demo's until 2026-12-05
 MAX_STEPS = {"pusht": 300}
 
 
@@ -112,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         f"--data.path={data}", f"--out_dir={base / 'pretrain'}"]), resume=True)
     times["pretrain"] = time.perf_counter() - t
     t = time.perf_counter()
-    wm_path = train_worldmodel(load(WorldModelConfig, DEMO / "worldmodel.yaml", [
+    wm_path = train_worldmodel(load(WorldModelConfig, WORLD_MODEL, [
         f"--encoder={enc}", f"--data.path={data}", f"--out_dir={out / 'worldmodel'}",
         f"--steps={args.wm_steps}",
         *(["--value=null"] if args.energy == "l1" else []),

@@ -1,7 +1,7 @@
 """Two-rooms (random wall) with a learned cost-to-go: the issue's target setting, measured.
 
 The demo's recipe (collect 300 episodes -> encoder, configs/demo/pretrain.yaml with the chosen
-objective -> world model on 2x2-pooled latents, configs/demo/worldmodel.yaml) plus `value`: the
+objective -> world model on 2x2-pooled latents, configs/worldmodel_pooled.yaml) plus `value`: the
 world model also learns a cost-to-go (`jepalab.models.value`). The same reset seeds are then
 planned with the contracts' energy (L1 distance to the goal latent, all steps) and with the
 learned value (steps to go from the last predicted step); CEM horizon 8 x 128 x 3, re-plan every
@@ -70,6 +70,7 @@ from jepalab.train.loop import pretrain
 from jepalab.train.worldmodel import load_world_model, train_worldmodel
 
 DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo"
+WORLD_MODEL = DEMO.parent / "worldmodel_pooled.yaml"  # the demo's until 2026-12-05
 # (row, controller.metric, controller.weights); "value-true" plans the same learned value with
 # the scene's own dynamics (`true_model`): what a perfect world model would give it.
 ENERGIES = [("l1", "l1", "all"), ("value", "value", "final"), ("value-true", "value", "final")]
@@ -326,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
     times["pretrain"] = time.perf_counter() - t
 
     def world_model(data: str | Path, where: Path) -> Path:
-        yaml_path = DEMO / "worldmodel.yaml"  # `value` merged as values (None stays None)
+        yaml_path = WORLD_MODEL  # `value` merged as values (None stays None)
         base = merge(read_yaml(yaml_path), {"value": value})
         return train_worldmodel(build(WorldModelConfig, merge(base, parse_overrides([
             f"--encoder={enc}", f"--data.path={data}", f"--out_dir={where}",
