@@ -18,7 +18,8 @@ or a world model's. The CEM and episodes are scene_control's (horizon 8 x 128 x 
 image before 2026-12-01) and with the ee where a straight push ends (`push_end`, its goal now).
 
     python benchmarks/push_ceiling.py [--episodes 20] [--data 200] [--value-steps 3000]
-        [--only expert|goal|task|shaped|value] [--out runs/bench/push_ceiling.json]
+        [--value-set norm=l1 ...] [--only expert|goal|task|shaped|value] [--goal-ee start|end]
+        [--out runs/bench/push_ceiling.json]
 """
 
 from __future__ import annotations
@@ -52,10 +53,12 @@ def features(states: np.ndarray) -> np.ndarray:
     return np.concatenate([s[..., 0:2], s[..., 3:5], np.sin(yaw), np.cos(yaw)], -1) * SCALE
 
 
-def learn_value(episodes: int, steps: int, batch: int = 256, seed: int = 0
-                ) -> tuple[GoalValue, dict]:
-    """Quasimetric steps to go on the true states of `episodes` collected push episodes."""
-    v = load(ValueConfig, None, [f"--{k}={x}" for k, x in QUASIMETRIC.items()])
+def learn_value(episodes: int, steps: int, batch: int = 256, seed: int = 0,
+                overrides: tuple[str, ...] = ()) -> tuple[GoalValue, dict]:
+    """Quasimetric steps to go on the true states of `episodes` collected push episodes;
+    `overrides`: ValueConfig fields (KEY=VALUE) set after the quasimetric defaults."""
+    v = load(ValueConfig, None, [f"--{k}={x}" for k, x in QUASIMETRIC.items()]
+             + [f"--{kv}" for kv in overrides])
     with tempfile.TemporaryDirectory() as tmp:
         store = TrajectoryStore.open(collect("tabletop-push", episodes, f"{tmp}/data",
                                              image_size=16, max_steps=100, progress=False))
@@ -78,7 +81,7 @@ def learn_value(episodes: int, steps: int, batch: int = 256, seed: int = 0
         opt.step()
     return value.eval().requires_grad_(False), {
         "episodes": episodes, "frames": int(lens.sum()), "steps": steps, "batch": batch,
-        "seconds": time.perf_counter() - t0, **m}
+        "config": v.model_dump(mode="json"), "seconds": time.perf_counter() - t0, **m}
 
 
 def energy(kind: str, value: GoalValue | None):
@@ -156,13 +159,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--episodes", type=int, default=20)
     p.add_argument("--data", type=int, default=200, help="episodes the value learns from")
     p.add_argument("--value-steps", type=int, default=3000)
+    p.add_argument("--value-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="set a ValueConfig field (norm=l1) after the quasimetric defaults")
     p.add_argument("--only", choices=sorted({k for k, _ in ROWS}), help="one energy's rows")
+    p.add_argument("--goal-ee", choices=["start", "end"], help="only rows towards this goal")
     p.add_argument("--out", default="runs/bench/push_ceiling.json")
     args = p.parse_args(argv)
-    rows = [r for r in ROWS if args.only in (None, r[0])]
+    rows = [r for r in ROWS if args.only in (None, r[0]) and args.goal_ee in (None, r[1])]
     value, learning = None, None
     if any(k == "value" for k, _ in rows):
-        value, learning = learn_value(args.data, args.value_steps)
+        value, learning = learn_value(args.data, args.value_steps,
+                                      overrides=tuple(args.value_set))
     results = [run(k, g, args.episodes, value) for k, g in rows]
     print(f"tabletop-push, perfect model, CEM 8 x 128 x 3, re-plan every 2, 100 steps, "
           f"{args.episodes} episodes per row\n")
