@@ -13,6 +13,7 @@ with Wilson 95 % CIs, all measured in this run. Stages resume from OUT.
         [--data-episodes 200] [--wm-steps 2000] [--max-steps N]
         [--scene-set camera=top]   # a scene keyword (repeatable), for collection and evaluation
         [--wm-set predictor.pool=4]   # a WorldModelConfig field (repeatable)
+        [--plan-set planner.horizon=4]   # a ControllerConfig field (repeatable)
         [--reuse runs/bench/Y]   # the data and encoder of an earlier run (same settings)
 
 Episodes last 100 steps, Push-T's 300 (the scene's own limit; its scripted pusher often needs
@@ -27,7 +28,16 @@ from pathlib import Path
 
 import numpy as np
 
-from jepalab.config import ControllerConfig, PretrainConfig, SceneConfig, WorldModelConfig, load
+from jepalab.config import (
+    ControllerConfig,
+    PretrainConfig,
+    SceneConfig,
+    WorldModelConfig,
+    build,
+    load,
+    merge,
+    parse_overrides,
+)
 from jepalab.data.collect import collect
 from jepalab.envs import make
 from jepalab.errors import JepalabError
@@ -88,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="scene keyword for collection and evaluation, e.g. camera=top")
     p.add_argument("--wm-set", action="append", default=[], metavar="KEY=VALUE",
                    help="a WorldModelConfig field, e.g. predictor.pool=4")
+    p.add_argument("--plan-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a ControllerConfig field, e.g. planner.horizon=4 or correct=1.0")
     p.add_argument("--reuse", default=None, metavar="DIR",
                    help="take the data and the encoder from an earlier run's --out")
     p.add_argument("--out", default=None)
@@ -121,10 +133,11 @@ def main(argv: list[str] | None = None) -> int:
     times["worldmodel"] = time.perf_counter() - t
 
     seeds = [1_000_000 + e for e in range(args.episodes)]
-    ctrl = ControllerConfig(planner={"method": "cem", "horizon": 8, "samples": 128,
-                                     "iterations": 3, "elites": 16},
-                            replan_every=2, max_steps=args.max_steps, metric=args.energy,
-                            weights="all" if args.energy == "l1" else "final")
+    ctrl = build(ControllerConfig, merge(
+        {"planner": {"method": "cem", "horizon": 8, "samples": 128, "iterations": 3,
+                     "elites": 16}, "replan_every": 2, "max_steps": args.max_steps,
+         "metric": args.energy, "weights": "all" if args.energy == "l1" else "final"},
+        parse_overrides([f"--{kv}" for kv in args.plan_set])), source="--plan-set")
     t = time.perf_counter()
     mpc = summarize(run_episodes(load_world_model(wm_path), scene,
                                  ctrl, seeds))
@@ -152,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "scene_control", "created": now_iso(), "git": git_info(),
         "scene": args.scene, "energy": args.energy, "data_episodes": args.data_episodes,
         "max_steps": args.max_steps, "scene_kwargs": kw, "wm_set": args.wm_set,
+        "controller": ctrl.model_dump(mode="json"),
         "reuse": args.reuse,
         "wm_steps": args.wm_steps, "seconds": times, "rows": rows, "mpc": mpc})
     return 0
