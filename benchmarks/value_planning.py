@@ -1,8 +1,9 @@
 """Two-rooms (random wall) with a learned cost-to-go: the issue's target setting, measured.
 
-The demo's recipe (collect 300 episodes -> encoder, configs/demo/pretrain.yaml with the chosen
-objective -> world model on 2x2-pooled latents, configs/worldmodel_pooled.yaml) plus `value`: the
-world model also learns a cost-to-go (`jepalab.models.value`). The same reset seeds are then
+The demo's recipe until 2026-12-05 (collect 300 episodes -> encoder, configs/demo/pretrain.yaml
+with the chosen objective -> world model on 2x2-pooled latents, configs/worldmodel_pooled.yaml)
+plus `value`: the world model also learns a cost-to-go (`jepalab.models.value`). The same
+reset seeds are then
 planned with the contracts' energy (L1 distance to the goal latent, all steps) and with the
 learned value (steps to go from the last predicted step); CEM horizon 8 x 128 x 3, re-plan every
 2, 64 steps. Prints success with Wilson 95 % CIs, the wall time of every stage, planning time
