@@ -2,14 +2,12 @@
 
 The demo's recipe until 2026-12-05 (collect 300 episodes -> encoder, configs/demo/pretrain.yaml
 with the chosen objective -> world model on 2x2-pooled latents, configs/worldmodel_pooled.yaml)
-plus `value`: the world model also learns a cost-to-go (`jepalab.models.value`). The same
-reset seeds are then
-planned with the contracts' energy (L1 distance to the goal latent, all steps) and with the
-learned value (steps to go from the last predicted step); CEM horizon 8 x 128 x 3, re-plan every
-2, 64 steps. Prints success with Wilson 95 % CIs, the wall time of every stage, planning time
-per episode, where each energy's episodes ended (`endings`), and how well the value reads
-encoded frames (`value_vs_path`). Stages resume from OUT (then their times cover only what was
-left).
+plus `value`: the world model also learns a cost-to-go (`jepalab.models.value`). The same reset
+seeds are then planned with the contracts' energy (L1 distance to the goal latent, all steps) and
+with the learned value (steps to go from the last predicted step); CEM horizon 8 x 128 x 3, re-plan
+every 2, 64 steps. Prints success with Wilson 95 % CIs, the wall time of every stage, planning time
+per episode, where each energy's episodes ended (`endings`), and how well the value reads encoded
+frames (`value_vs_path`). Stages resume from OUT (then their times cover only what was left).
 
     python benchmarks/value_planning.py [--objective jepa] [--episodes 100] [--out runs/bench/X]
         [--data DATASET] [--encoder CHECKPOINT]   # reuse instead of collecting / pretraining
