@@ -28,16 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jepalab.config import (
-    ControllerConfig,
-    PretrainConfig,
-    SceneConfig,
-    WorldModelConfig,
-    build,
-    load,
-    merge,
-    parse_overrides,
-)
+from jepalab.config import PretrainConfig, SceneConfig, WorldModelConfig, load
 from jepalab.data.collect import collect
 from jepalab.envs import make
 from jepalab.errors import JepalabError
@@ -46,9 +37,9 @@ from jepalab.eval.stats import wilson_ci
 from jepalab.io import atomic_write_json, git_info, now_iso
 from jepalab.train.loop import pretrain
 from jepalab.train.worldmodel import load_world_model, train_worldmodel
+from value_planning import WORLD_MODEL, controller  # benchmarks/: the same MPC and world model
 
 DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo"
-WORLD_MODEL = DEMO.parent / "worldmodel_pooled.yaml"  # the demo's until 2026-12-05
 MAX_STEPS = {"pusht": 300}
 
 
@@ -133,11 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     times["worldmodel"] = time.perf_counter() - t
 
     seeds = [1_000_000 + e for e in range(args.episodes)]
-    ctrl = build(ControllerConfig, merge(
-        {"planner": {"method": "cem", "horizon": 8, "samples": 128, "iterations": 3,
-                     "elites": 16}, "replan_every": 2, "max_steps": args.max_steps,
-         "metric": args.energy, "weights": "all" if args.energy == "l1" else "final"},
-        parse_overrides([f"--{kv}" for kv in args.plan_set])), source="--plan-set")
+    ctrl = controller(args.energy, "all" if args.energy == "l1" else "final", args.max_steps,
+                      args.plan_set)
     t = time.perf_counter()
     mpc = summarize(run_episodes(load_world_model(wm_path), scene,
                                  ctrl, seeds))

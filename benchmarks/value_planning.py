@@ -75,6 +75,16 @@ WORLD_MODEL = DEMO.parent / "worldmodel_pooled.yaml"  # the demo's until 2026-12
 ENERGIES = [("l1", "l1", "all"), ("value", "value", "final"), ("value-true", "value", "final")]
 
 
+def controller(metric: str, weights: str, max_steps: int, plan_set: list[str]) -> ControllerConfig:
+    """The benchmarks' MPC (CEM horizon 8 x 128 x 3, 16 elites, re-plan every 2) with
+    `plan_set` (KEY=VALUE ControllerConfig fields) on top; scene_control.py plans with it too."""
+    return build(ControllerConfig, merge(
+        {"planner": {"method": "cem", "horizon": 8, "samples": 128, "iterations": 3,
+                     "elites": 16}, "replan_every": 2, "max_steps": max_steps,
+         "metric": metric, "weights": weights},
+        parse_overrides([f"--{kv}" for kv in plan_set])), source="--plan-set")
+
+
 def true_model(wm):
     """The planner's unroll from the scene's true dynamics (`TwoRoomsEnv.unroll`)
     on encoded frames: each candidate's final position is rendered (`render_at`) and encoded;
@@ -326,21 +336,13 @@ def main(argv: list[str] | None = None) -> int:
     times["pretrain"] = time.perf_counter() - t
 
     def world_model(data: str | Path, where: Path) -> Path:
-        yaml_path = WORLD_MODEL  # `value` merged as values (None stays None)
-        base = merge(read_yaml(yaml_path), {"value": value})
+        base = merge(read_yaml(WORLD_MODEL), {"value": value})  # None stays None
         return train_worldmodel(build(WorldModelConfig, merge(base, parse_overrides([
             f"--encoder={enc}", f"--data.path={data}", f"--out_dir={where}",
             f"--predictor.pool={args.pool}",
             f"--steps={args.wm_steps}", f"--batch_size={args.wm_batch}",
             f"--predictor.dim={args.wm_dim}", f"--predictor.depth={args.wm_depth}",
-            *(f"--{kv}" for kv in args.wm_set)])), source=str(yaml_path)), resume=True)
-
-    def controller(metric: str, weights: str, extra: list[str]) -> ControllerConfig:
-        return build(ControllerConfig, merge(
-            {"planner": {"method": "cem", "horizon": 8, "samples": 128, "iterations": 3,
-                         "elites": 16}, "replan_every": 2, "max_steps": 64,
-             "metric": metric, "weights": weights},
-            parse_overrides([f"--{kv}" for kv in extra])), source="--plan-set")
+            *(f"--{kv}" for kv in args.wm_set)])), source=str(WORLD_MODEL)), resume=True)
 
     t = time.perf_counter()
     wm_path = world_model(data, out / "worldmodel")
@@ -348,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.on_policy:  # a cheaper search collects: 64 samples x 2 iterations
         t = time.perf_counter()
         data = on_policy(load_world_model(wm_path), data, args.on_policy, out / "data+mpc",
-                         controller("value", "final", ["planner.samples=64",
+                         controller("value", "final", 64, ["planner.samples=64",
                                                        "planner.iterations=2",
                                                        "planner.elites=8"]))
         times["on-policy episodes"] = time.perf_counter() - t
@@ -367,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
     scene = SceneConfig(name="two-rooms", kwargs={"random_wall": True})
     rows = []
     for row, metric, weights in (e for e in ENERGIES if e[0] in args.energies):
-        ctrl = controller(metric, weights, args.plan_set)
+        ctrl = controller(metric, weights, 64, args.plan_set)
         t = time.perf_counter()
         model = true_model(wm) if row == "value-true" else None
         eps = run_episodes(wm, scene, ctrl, seeds, model=model)
