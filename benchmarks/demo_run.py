@@ -5,6 +5,9 @@ README table: seconds per stage and the success rate of each arm under each cond
 Wilson 95 % CI, and the rule's decision.
 
     python benchmarks/demo_run.py [--out runs/bench/demo] [--quick] [--json runs/bench/demo.json]
+        [--wm-set predictor.keypoints=null ...]
+
+`--wm-set KEY=VALUE` sets a field of both arms' world-model configs (recorded in the JSON).
 """
 
 from __future__ import annotations
@@ -25,10 +28,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true")
     p.add_argument("--fresh", action="store_true", help="delete --out first (a timed run)")
     p.add_argument("--json", default="runs/bench/demo.json")
+    p.add_argument("--wm-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="set a world-model config field on both arms")
     args = p.parse_args(argv)
     if args.fresh:
         shutil.rmtree(args.out, ignore_errors=True)
-    s = demo(Path(args.out), quick=args.quick)
+    s = demo(Path(args.out), quick=args.quick, wm_overrides=tuple(args.wm_set))
     print(f"\n{torch.get_num_threads()} threads; stages (s): " + ", ".join(
         f"{k} {v:.0f}" for k, v in s["seconds"].items()))
     print("\n| condition | JEPA success [95 % CI] | random-init success [95 % CI] | n |")

@@ -17,8 +17,13 @@ or a world model's. The CEM and episodes are scene_control's (horizon 8 x 128 x 
 "goal" and "value" run twice: towards the goal state with the ee at its start (the scene's goal
 image before 2026-12-01) and with the ee where a straight push ends (`push_end`, its goal now).
 
+`--dynamics learned` swaps the physics for a model learned from the same episodes: the world
+models' residual MLP (`ACMLP`) on z, trained on its `--dynamics-k`-step rollout loss (L1), so
+the rows say whether learning the contact from that data is what a world model falls short of.
+
     python benchmarks/push_ceiling.py [--episodes 20] [--data 200] [--value-steps 3000]
         [--value-set norm=l1 ...] [--only expert|goal|task|shaped|value] [--goal-ee start|end]
+        [--dynamics physics|learned] [--dynamics-steps 10000] [--dynamics-k 8]
         [--out runs/bench/push_ceiling.json]
 """
 
@@ -38,6 +43,7 @@ from jepalab.envs import make
 from jepalab.envs.tabletop import CUBE_HALF, EE_RADIUS
 from jepalab.eval.stats import wilson_ci
 from jepalab.io import atomic_write_json, git_info, now_iso
+from jepalab.models.ac_predictor import ACMLP
 from jepalab.models.value import QUASIMETRIC, GoalValue, quasimetric_loss
 from jepalab.planning import PlannerConfig, run_episode, step_energy
 
@@ -53,17 +59,23 @@ def features(states: np.ndarray) -> np.ndarray:
     return np.concatenate([s[..., 0:2], s[..., 3:5], np.sin(yaw), np.cos(yaw)], -1) * SCALE
 
 
-def learn_value(episodes: int, steps: int, batch: int = 256, seed: int = 0,
-                overrides: tuple[str, ...] = ()) -> tuple[GoalValue, dict]:
-    """Quasimetric steps to go on the true states of `episodes` collected push episodes;
-    `overrides`: ValueConfig fields (KEY=VALUE) set after the quasimetric defaults."""
-    v = load(ValueConfig, None, [f"--{k}={x}" for k, x in QUASIMETRIC.items()]
-             + [f"--{kv}" for kv in overrides])
+def collect_features(episodes: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """z [T, 6] and actions [T - 1, 2] of `episodes` collected push episodes (mixture:0.5)."""
     with tempfile.TemporaryDirectory() as tmp:
         store = TrajectoryStore.open(collect("tabletop-push", episodes, f"{tmp}/data",
                                              image_size=16, max_steps=100, progress=False))
-        z = [torch.from_numpy(features(store.series(e, "states")))
-             for e in range(store.num_episodes)]
+        eps = range(store.num_episodes)
+        z = [torch.from_numpy(features(store.series(e, "states"))) for e in eps]
+        a = [torch.from_numpy(store.series(e, "actions")).float() for e in eps]
+    return z, a
+
+
+def learn_value(z: list[torch.Tensor], steps: int, batch: int = 256, seed: int = 0,
+                overrides: tuple[str, ...] = ()) -> tuple[GoalValue, dict]:
+    """Quasimetric steps to go on the true states z of collected episodes; `overrides`:
+    ValueConfig fields (KEY=VALUE) set after the quasimetric defaults."""
+    v = load(ValueConfig, None, [f"--{k}={x}" for k, x in QUASIMETRIC.items()]
+             + [f"--{kv}" for kv in overrides])
     lens = np.array([len(x) for x in z])
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
@@ -80,8 +92,46 @@ def learn_value(episodes: int, steps: int, batch: int = 256, seed: int = 0,
         loss.backward()
         opt.step()
     return value.eval().requires_grad_(False), {
-        "episodes": episodes, "frames": int(lens.sum()), "steps": steps, "batch": batch,
+        "episodes": len(z), "frames": int(lens.sum()), "steps": steps, "batch": batch,
         "config": v.model_dump(mode="json"), "seconds": time.perf_counter() - t0, **m}
+
+
+def learn_dynamics(z: list[torch.Tensor], a: list[torch.Tensor], steps: int, k: int,
+                   batch: int = 256, seed: int = 0) -> tuple[ACMLP, dict]:
+    """The world models' residual MLP (width 512, depth 3) on z: k-step rollouts from windows
+    of the episodes, L1 to the true z; held-out error from 5 % of the episodes."""
+    keep = [i for i in range(len(z)) if len(a[i]) >= k]
+    n_val = max(1, len(keep) // 20)
+    train, val = keep[n_val:], keep[:n_val]
+    rng = np.random.default_rng(seed)
+    torch.manual_seed(seed)
+    model = ACMLP(z[0].shape[-1], a[0].shape[-1], width=512, depth=3)
+    opt = torch.optim.AdamW(model.parameters(), 1e-3, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+
+    def windows(eps: list[int], n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        e = [eps[i] for i in rng.integers(len(eps), size=n)]
+        t = [int(rng.integers(len(a[i]) - k + 1)) for i in e]
+        zs = torch.stack([z[i][j : j + k + 1] for i, j in zip(e, t)])
+        return zs[:, 0], torch.stack([a[i][j : j + k] for i, j in zip(e, t)]), zs[:, 1:]
+
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        z0, acts, target = windows(train, batch)
+        loss = (model.rollout(z0, acts) - target).abs().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+    model.eval().requires_grad_(False)
+    z0, acts, target = windows(val, 2048)
+    err = (model.rollout(z0, acts) - target).abs()  # [N, k, 6], in z units
+    return model, {
+        "episodes": len(train), "steps": steps, "k": k, "batch": batch,
+        "seconds": time.perf_counter() - t0, "train_loss": float(loss),
+        "val_l1_by_step": [float(x) for x in err.mean((0, 2))],
+        "val_cube_cm_at_k": float(err[:, -1, 2:4].mean() * 100 / SCALE[2]),
+        "val_ee_cm_at_k": float(err[:, -1, 0:2].mean() * 100 / SCALE[0])}
 
 
 def energy(kind: str, value: GoalValue | None):
@@ -107,7 +157,10 @@ def energy(kind: str, value: GoalValue | None):
     return of_goal
 
 
-def run(kind: str, goal_ee: str | None, episodes: int, value: GoalValue | None) -> dict:
+def run(kind: str, goal_ee: str | None, episodes: int, value: GoalValue | None,
+        model: ACMLP | None = None) -> dict:
+    """One row: `episodes` MPC episodes under `kind`'s energy, unrolled by the physics or, when
+    given, the learned `model`."""
     env = make("tabletop-push", image_size=16)
     u = env.unwrapped
     cfg = PlannerConfig(method="cem", horizon=8, samples=128, iterations=3, elites=16,
@@ -139,6 +192,8 @@ def run(kind: str, goal_ee: str | None, episodes: int, value: GoalValue | None) 
             return torch.from_numpy(features(state))[None]
 
         def unroll_from(z0: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+            if model is not None:
+                return model.rollout(z0.expand(len(actions), -1), actions.float())
             return torch.from_numpy(features(u.unroll(actions.double().numpy())))
 
         res = run_episode(env, encode, unroll_from, cfg, torch.Generator().manual_seed(seed),
@@ -163,15 +218,24 @@ def main(argv: list[str] | None = None) -> int:
                    help="set a ValueConfig field (norm=l1) after the quasimetric defaults")
     p.add_argument("--only", choices=sorted({k for k, _ in ROWS}), help="one energy's rows")
     p.add_argument("--goal-ee", choices=["start", "end"], help="only rows towards this goal")
+    p.add_argument("--dynamics", choices=["physics", "learned"], default="physics",
+                   help="unroll with the scene's physics or an MLP learned from --data")
+    p.add_argument("--dynamics-steps", type=int, default=10000)
+    p.add_argument("--dynamics-k", type=int, default=8, help="rollout steps of its loss")
     p.add_argument("--out", default="runs/bench/push_ceiling.json")
     args = p.parse_args(argv)
     rows = [r for r in ROWS if args.only in (None, r[0]) and args.goal_ee in (None, r[1])]
-    value, learning = None, None
-    if any(k == "value" for k, _ in rows):
-        value, learning = learn_value(args.data, args.value_steps,
-                                      overrides=tuple(args.value_set))
-    results = [run(k, g, args.episodes, value) for k, g in rows]
-    print(f"tabletop-push, perfect model, CEM 8 x 128 x 3, re-plan every 2, 100 steps, "
+    value, learning, model, dynamics = None, None, None, None
+    learned = args.dynamics == "learned"
+    if learned or any(k == "value" for k, _ in rows):
+        z, a = collect_features(args.data)
+        if any(k == "value" for k, _ in rows):
+            value, learning = learn_value(z, args.value_steps, overrides=tuple(args.value_set))
+        if learned:
+            model, dynamics = learn_dynamics(z, a, args.dynamics_steps, args.dynamics_k)
+    results = [run(k, g, args.episodes, value, model) for k, g in rows]
+    what = "an MLP learned from the same episodes" if learned else "perfect model"
+    print(f"tabletop-push, {what}, CEM 8 x 128 x 3, re-plan every 2, 100 steps, "
           f"{args.episodes} episodes per row\n")
     print("| energy | goal: ee at | success [95 % CI] | mean final distance (m) |")
     print("|---|---|---|---:|")
@@ -181,8 +245,13 @@ def main(argv: list[str] | None = None) -> int:
     if learning:
         print(f"\nvalue: {learning['steps']} steps x {learning['batch']} on "
               f"{learning['frames']} frames in {learning['seconds']:.0f} s")
+    if dynamics:
+        print(f"dynamics: {dynamics['steps']} steps in {dynamics['seconds']:.0f} s; held-out "
+              f"error after {dynamics['k']} steps: cube {dynamics['val_cube_cm_at_k']:.2f} cm, "
+              f"ee {dynamics['val_ee_cm_at_k']:.2f} cm")
     atomic_write_json(args.out, {"benchmark": "push_ceiling", "created": now_iso(),
-                                 "git": git_info(), "value_learning": learning,
+                                 "git": git_info(), "dynamics": args.dynamics,
+                                 "dynamics_learning": dynamics, "value_learning": learning,
                                  "rows": results})
     return 0
 

@@ -208,6 +208,8 @@ def _card(args: argparse.Namespace, overrides: list[str]) -> int:
 def _demo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--quick", action="store_true", help="a much smaller run (minutes)")
+    p.add_argument("--wm-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="set a field of both world models' config (predictor.keypoints=null)")
 
 
 @verb("demo", "the whole path on two-rooms: collect, pretrain, world model, plan, evidence",
@@ -216,7 +218,7 @@ def _demo(args: argparse.Namespace, overrides: list[str]) -> int:
     from jepalab.demo import demo
 
     _no_overrides(overrides)
-    demo(args.out, quick=args.quick)
+    demo(args.out, quick=args.quick, wm_overrides=tuple(args.wm_set))
     return 0
 
 

@@ -40,9 +40,11 @@ def _done(times: dict[str, float], name: str, t: float) -> None:
     print(f"   {times[name]:.0f} s")
 
 
-def demo(out: str | Path = "runs/demo", quick: bool = False) -> dict[str, Any]:
+def demo(out: str | Path = "runs/demo", quick: bool = False,
+         wm_overrides: tuple[str, ...] = ()) -> dict[str, Any]:
     """Run (or resume) the demo into `out`; returns the summary also written to
-    OUT/summary.json (seconds per stage, results per cell, decision, artifact paths)."""
+    OUT/summary.json (seconds per stage, results per cell, decision, artifact paths).
+    `wm_overrides`: WorldModelConfig fields (KEY=VALUE) set on both arms' world models."""
     from jepalab.data.collect import collect
     from jepalab.eval.panel import evaluate
     from jepalab.eval.tracking import tracked_training
@@ -76,7 +78,8 @@ def demo(out: str | Path = "runs/demo", quick: bool = False) -> dict[str, Any]:
     for arm, enc in (("jepa", jepa), ("random_init", random_init)):
         wcfg = load(WorldModelConfig, CONFIGS / "worldmodel.yaml",
                     [f"--encoder={enc}", f"--data.path={out / 'data'}",
-                     f"--out_dir={out / 'worldmodel' / arm}", *q["worldmodel"]])
+                     f"--out_dir={out / 'worldmodel' / arm}", *q["worldmodel"],
+                     *(f"--{kv}" for kv in wm_overrides)])
         wms[arm] = tracked_training(
             wcfg, lambda tr, c=wcfg: train_worldmodel(c, resume=True, tracker=tr))
     _done(times, "worldmodels", t)
@@ -107,8 +110,9 @@ def demo(out: str | Path = "runs/demo", quick: bool = False) -> dict[str, Any]:
           f"   evidence    {out / 'evaluate' / 'evidence.json'}\n   card        {card}")
     times["total"] = time.perf_counter() - t_all
     print(f"total {times['total']:.0f} s")
-    summary = {"quick": quick, "seconds": times, "accepted": record.decision.accepted,
-               "rule": record.decision.rule, "reasons": record.decision.reasons,
+    summary = {"quick": quick, "wm_overrides": list(wm_overrides), "seconds": times,
+               "accepted": record.decision.accepted, "rule": record.decision.rule,
+               "reasons": record.decision.reasons,
                "results": [c.model_dump() for c in record.results],
                "artifacts": {"data": str(out / "data"), "encoder": str(jepa),
                              "baseline": str(random_init), "world_models": {

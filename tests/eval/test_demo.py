@@ -3,6 +3,8 @@ with the world models' learned cost-to-go, and writes its summary, evidence and 
 
 import json
 
+import yaml
+
 import jepalab.demo
 from jepalab.cli import main
 
@@ -18,7 +20,8 @@ TINY = {
 
 def test_demo_runs_the_whole_path_and_plans_with_the_value(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(jepalab.demo, "QUICK", TINY)
-    assert main(["demo", "--quick", "--out", str(tmp_path)]) == 0
+    assert main(["demo", "--quick", "--out", str(tmp_path),
+                 "--wm-set", "predictor.keypoints=null", "--wm-set", "value.updates=1"]) == 0
     summary = json.loads((tmp_path / "summary.json").read_text())
     cells = {(c["arm"], c["condition"]) for c in summary["results"]}
     assert cells == {(arm, cond) for arm in ("candidate", "baseline")
@@ -27,3 +30,7 @@ def test_demo_runs_the_whole_path_and_plans_with_the_value(tmp_path, monkeypatch
     assert evidence["controller"]["params"]["metric"] == "value"
     assert (tmp_path / "evaluate" / "card.html").is_file()
     assert "accepted:" in capsys.readouterr().out
+    assert summary["wm_overrides"] == ["predictor.keypoints=null", "value.updates=1"]
+    for arm in ("jepa", "random_init"):  # --wm-set reached both arms (the demo's: 2.0, 2)
+        wm = yaml.safe_load((tmp_path / "worldmodel" / arm / "config.yaml").read_text())
+        assert wm["predictor"]["keypoints"] is None and wm["value"]["updates"] == 1
