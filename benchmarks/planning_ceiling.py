@@ -96,11 +96,11 @@ def learn_value(steps: int, batch: int = 256, seed: int = 0, form: str = "mlp",
     targets "exact-pairs" / "exact-cover": regress the same network on the exact cost-to-go
     instead, to the same hindsight goals / to 64 goal points drawn uniformly per layout;
     "quasimetric": `value.learning: quasimetric` (form metric, goals uniform in the episode).
-    overrides: ValueConfig fields as dotted overrides (e.g. "--penalty=100"). layout_every: the
+    overrides: ValueConfig fields as KEY=VALUE (e.g. "penalty=100"). layout_every: the
     episodes share each layout K at a time (the scene's `layout_every`; goals from the other
     episodes of the layout with `--p_layout`)."""
     qrl = targets == "quasimetric"
-    base = [f"--{key}={val}" for key, val in (QUASIMETRIC if qrl else {"form": form}).items()]
+    base = [f"{key}={val}" for key, val in (QUASIMETRIC if qrl else {"form": form}).items()]
     v = load(ValueConfig, None, base + list(overrides or []))
     if targets.startswith("exact") and v.p_layout > 0:
         raise SystemExit(f"{targets}: the exact steps are to the episode's own frames; "
@@ -218,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = [s for s in SETTINGS if args.only in (None, s[4])]
     trained = {kind: learn_value(args.value_steps, form=args.value_form,
                                  episodes=args.value_data, targets=kind, policy=args.value_policy,
-                                 overrides=[f"--{kv}" for kv in args.value_set],
+                                 overrides=args.value_set,
                                  layout_every=args.layout_every)
                for kind in VALUES if any(s[4] == kind for s in settings)}
     values = {kind: value for kind, (value, _) in trained.items()}

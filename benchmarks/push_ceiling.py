@@ -74,8 +74,8 @@ def learn_value(z: list[torch.Tensor], steps: int, batch: int = 256, seed: int =
                 overrides: tuple[str, ...] = ()) -> tuple[GoalValue, dict]:
     """Quasimetric steps to go on the true states z of collected episodes; `overrides`:
     ValueConfig fields (KEY=VALUE) set after the quasimetric defaults."""
-    v = load(ValueConfig, None, [f"--{k}={x}" for k, x in QUASIMETRIC.items()]
-             + [f"--{kv}" for kv in overrides])
+    v = load(ValueConfig, None, [f"{k}={x}" for k, x in QUASIMETRIC.items()]
+             + list(overrides))
     lens = np.array([len(x) for x in z])
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)

@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         f"--encoder={enc}", f"--data.path={data}", f"--out_dir={out / 'worldmodel'}",
         f"--steps={args.wm_steps}",
         *(["--value=null"] if args.energy == "l1" else []),
-        *(f"--{kv}" for kv in args.wm_set)]), resume=True)
+        *args.wm_set]), resume=True)
     times["worldmodel"] = time.perf_counter() - t
 
     seeds = [1_000_000 + e for e in range(args.episodes)]

@@ -82,7 +82,7 @@ def controller(metric: str, weights: str, max_steps: int, plan_set: list[str]) -
         {"planner": {"method": "cem", "horizon": 8, "samples": 128, "iterations": 3,
                      "elites": 16}, "replan_every": 2, "max_steps": max_steps,
          "metric": metric, "weights": weights},
-        parse_overrides([f"--{kv}" for kv in plan_set])), source="--plan-set")
+        parse_overrides(plan_set)), source="--plan-set")
 
 
 def true_model(wm):
@@ -312,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
     value = {**ValueConfig().model_dump(), "form": args.value_form}
     if args.value_learning == "quasimetric":
         value.update(QUASIMETRIC)
-    value.update(parse_overrides([f"--{kv}" for kv in args.value_set]))
+    value.update(parse_overrides(args.value_set))
     out = Path(args.out or f"runs/bench/value_planning/{args.objective}")
     times: dict[str, float] = {}
 
@@ -342,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
             f"--predictor.pool={args.pool}",
             f"--steps={args.wm_steps}", f"--batch_size={args.wm_batch}",
             f"--predictor.dim={args.wm_dim}", f"--predictor.depth={args.wm_depth}",
-            *(f"--{kv}" for kv in args.wm_set)])), source=str(WORLD_MODEL)), resume=True)
+            *args.wm_set])), source=str(WORLD_MODEL)), resume=True)
 
     t = time.perf_counter()
     wm_path = world_model(data, out / "worldmodel")

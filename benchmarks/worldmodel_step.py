@@ -38,7 +38,7 @@ VALUE = {"form": "metric", "learning": "quasimetric", "p_layout": 0.5}
 
 
 def setup(variant: str, batch_size: int, k: int) -> tuple:
-    over = parse_overrides([f"--{kv}" for kv in variant.split(",") if kv])
+    over = parse_overrides([kv for kv in variant.split(",") if kv])
     cfg = WorldModelConfig(**merge({
         "encoder": "unused", "data": {"path": "unused"}, "rollout_steps": k,
         "batch_size": batch_size, "precision": "fp32", "value": VALUE,

@@ -242,14 +242,16 @@ def same_config(cfg: Config, recorded: dict[str, Any]) -> bool:
 
 
 def parse_overrides(args: list[str]) -> dict[str, Any]:
-    """`['--model.depth=4', '--optim.lr', '5e-4']` -> nested dict, values parsed as YAML scalars."""
+    """`['--model.depth=4', '--optim.lr', '5e-4', 'precision=bf16']` -> nested dict, values
+    parsed as YAML scalars (the bare KEY=VALUE form is what --set style flags collect)."""
     out: dict[str, Any] = {}
     i = 0
     while i < len(args):
         arg = args[i]
-        if not arg.startswith("--") or len(arg) == 2:
+        bare = not arg.startswith("--") and "=" in arg[1:]
+        if not (bare or arg.startswith("--")) or len(arg) == 2:
             raise JepalabError(f"unexpected argument '{arg}' (overrides look like --model.depth=4)")
-        key, sep, raw = arg[2:].partition("=")
+        key, sep, raw = (arg if bare else arg[2:]).partition("=")
         if not sep:
             if i + 1 >= len(args):
                 raise JepalabError(f"override --{key} has no value")

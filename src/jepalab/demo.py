@@ -79,7 +79,7 @@ def demo(out: str | Path = "runs/demo", quick: bool = False,
         wcfg = load(WorldModelConfig, CONFIGS / "worldmodel.yaml",
                     [f"--encoder={enc}", f"--data.path={out / 'data'}",
                      f"--out_dir={out / 'worldmodel' / arm}", *q["worldmodel"],
-                     *(f"--{kv}" for kv in wm_overrides)])
+                     *wm_overrides])
         wms[arm] = tracked_training(
             wcfg, lambda tr, c=wcfg: train_worldmodel(c, resume=True, tracker=tr))
     _done(times, "worldmodels", t)

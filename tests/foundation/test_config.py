@@ -19,7 +19,7 @@ def test_every_shipped_config_loads(path):
 
 
 def test_dotted_overrides_parse_and_apply(tmp_path):
-    assert parse_overrides(["--model.depth=4", "--optim.lr", "5e-4", "--precision=bf16"]) == {
+    assert parse_overrides(["--model.depth=4", "--optim.lr", "5e-4", "precision=bf16"]) == {
         "model": {"depth": 4},
         "optim": {"lr": 5e-4},
         "precision": "bf16",
@@ -27,6 +27,9 @@ def test_dotted_overrides_parse_and_apply(tmp_path):
     tiny = Path(__file__).parents[2] / "configs" / "ijepa_tiny.yaml"
     cfg = load(PretrainConfig, tiny, ["--model.depth=2", "--optim.lr=5e-4"])
     assert cfg.model.depth == 2 and cfg.optim.lr == 5e-4
+    for stray in (["model.depth"], ["=4"], ["--"]):
+        with pytest.raises(JepalabError, match="unexpected argument"):
+            parse_overrides(stray)
 
 
 @pytest.mark.parametrize(
