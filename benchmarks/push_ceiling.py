@@ -18,12 +18,17 @@ or a world model's. The CEM and episodes are scene_control's (horizon 8 x 128 x 
 image before 2026-12-01) and with the ee where a straight push ends (`push_end`, its goal now).
 
 `--dynamics learned` swaps the physics for a model learned from the same episodes: the world
-models' residual MLP (`ACMLP`) on z, trained on its `--dynamics-k`-step rollout loss (L1), so
-the rows say whether learning the contact from that data is what a world model falls short of.
+models' residual MLP (`ACMLP`) on z, trained on its `--dynamics-k`-step rollout loss (L1, or L2
+with `--dynamics-loss l2`; initial weights `--dynamics-init`), so the rows say whether learning
+the contact from that data is what a world model falls short of.
+`--members M` trains M of them (each on its own windows) and plans with their mean; with
+`--disagreement w1,w2,...` each row runs once per weight w, the energy adding w x their spread
+(PETS-style: plans where the members agree).
 
     python benchmarks/push_ceiling.py [--episodes 20] [--data 200] [--value-steps 3000]
         [--value-set norm=l1 ...] [--only expert|goal|task|shaped|value] [--goal-ee start|end]
-        [--dynamics physics|learned] [--dynamics-steps 10000] [--dynamics-k 8]
+        [--dynamics physics|learned] [--dynamics-steps 10000] [--dynamics-k 8] [--members 1]
+        [--dynamics-loss l1|l2] [--dynamics-init trunc_normal|torch] [--disagreement 0,1,3]
         [--out runs/bench/push_ceiling.json]
 """
 
@@ -96,55 +101,88 @@ def learn_value(z: list[torch.Tensor], steps: int, batch: int = 256, seed: int =
         "config": v.model_dump(mode="json"), "seconds": time.perf_counter() - t0, **m}
 
 
+class Ensemble(torch.nn.Module):
+    """`members` residual MLPs (the world models' `ACMLP`, width 512, depth 3) on z."""
+
+    def __init__(self, members: int, init: str = "trunc_normal") -> None:
+        super().__init__()
+        self.members = torch.nn.ModuleList(ACMLP(6, 2, width=512, depth=3, init=init)
+                                           for _ in range(members))
+
+    def rollout(self, z0: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """z0 [S, 6], actions [S, H, 2] -> every member's rollout [M, S, H, 6]."""
+        return torch.stack([m.rollout(z0, actions) for m in self.members])
+
+
 def learn_dynamics(z: list[torch.Tensor], a: list[torch.Tensor], steps: int, k: int,
-                   batch: int = 256, seed: int = 0) -> tuple[ACMLP, dict]:
-    """The world models' residual MLP (width 512, depth 3) on z: k-step rollouts from windows
-    of the episodes, L1 to the true z; held-out error from 5 % of the episodes."""
+                   members: int = 1, loss_kind: str = "l1", init: str = "trunc_normal",
+                   batch: int = 256, seed: int = 0, moved: float = 0.01
+                   ) -> tuple[Ensemble, dict]:
+    """An ensemble of residual MLPs on z, each on its own windows: k-step rollouts, L1 to the
+    true z (`loss_kind` l2: squared; `init`: `PredictorConfig.init`). Held out: 5 % of the
+    episodes; the ensemble mean's error after k steps, and on the windows where the cube moves
+    more than `moved` m the share of that move it predicts (gain <d_hat, d> / <d, d>)."""
     keep = [i for i in range(len(z)) if len(a[i]) >= k]
     n_val = max(1, len(keep) // 20)
-    train, val = keep[n_val:], keep[:n_val]
+    lens = torch.tensor([len(x) for x in a])
+    zp = torch.nn.utils.rnn.pad_sequence(z, batch_first=True)  # [E, T, 6]
+    ap = torch.nn.utils.rnn.pad_sequence(a, batch_first=True)
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
-    model = ACMLP(z[0].shape[-1], a[0].shape[-1], width=512, depth=3)
+    model = Ensemble(members, init)
     opt = torch.optim.AdamW(model.parameters(), 1e-3, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    steps_k = torch.arange(k + 1)
 
     def windows(eps: list[int], n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        e = [eps[i] for i in rng.integers(len(eps), size=n)]
-        t = [int(rng.integers(len(a[i]) - k + 1)) for i in e]
-        zs = torch.stack([z[i][j : j + k + 1] for i, j in zip(e, t)])
-        return zs[:, 0], torch.stack([a[i][j : j + k] for i, j in zip(e, t)]), zs[:, 1:]
+        e = torch.as_tensor(np.asarray(eps)[rng.integers(len(eps), size=n)])
+        t = (torch.from_numpy(rng.random(n)) * (lens[e] - k + 1)).long()
+        zs = zp[e[:, None], t[:, None] + steps_k]
+        return zs[:, 0], ap[e[:, None], t[:, None] + steps_k[:-1]], zs[:, 1:]
 
     t0 = time.perf_counter()
     for _ in range(steps):
-        z0, acts, target = windows(train, batch)
-        loss = (model.rollout(z0, acts) - target).abs().mean()
+        z0, acts, target = windows(keep[n_val:], batch * members)  # member m: the m-th slice
+        pred = torch.cat([m.rollout(z0[i * batch:(i + 1) * batch],
+                                    acts[i * batch:(i + 1) * batch])
+                          for i, m in enumerate(model.members)])
+        loss = ((pred - target).abs() if loss_kind == "l1" else (pred - target) ** 2).mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
         sched.step()
     model.eval().requires_grad_(False)
-    z0, acts, target = windows(val, 2048)
-    err = (model.rollout(z0, acts) - target).abs()  # [N, k, 6], in z units
+    z0, acts, target = windows(keep[:n_val], 4096)
+    mean = model.rollout(z0, acts).mean(0)
+    err = (mean - target).abs()  # [N, k, 6], in z units
+    d, d_hat = (target[:, -1, 2:4] - z0[:, 2:4]), (mean[:, -1, 2:4] - z0[:, 2:4])
+    hit = d.norm(dim=-1) > moved * SCALE[2]
+    gain = float((d_hat[hit] * d[hit]).sum() / (d[hit] * d[hit]).sum())
     return model, {
-        "episodes": len(train), "steps": steps, "k": k, "batch": batch,
-        "seconds": time.perf_counter() - t0, "train_loss": float(loss),
+        "episodes": len(keep) - n_val, "members": members, "loss": loss_kind, "init": init,
+        "steps": steps, "k": k, "batch": batch, "seconds": time.perf_counter() - t0, "train_loss": loss.item(),
         "val_l1_by_step": [float(x) for x in err.mean((0, 2))],
         "val_cube_cm_at_k": float(err[:, -1, 2:4].mean() * 100 / SCALE[2]),
-        "val_ee_cm_at_k": float(err[:, -1, 0:2].mean() * 100 / SCALE[0])}
+        "val_ee_cm_at_k": float(err[:, -1, 0:2].mean() * 100 / SCALE[0]),
+        "val_cube_moves": {"windows": int(hit.sum()), "of": len(hit), "gain": gain,
+                           "error_cm": float((d_hat[hit] - d[hit]).norm(dim=-1).mean()
+                                             * 100 / SCALE[2])}}
 
 
-def energy(kind: str, value: GoalValue | None):
+def energy(kind: str, value: GoalValue | None, disagreement: float = 0.0):
     """The planner's energy of `kind`: goal z [1, 6] -> cost of predicted z [S, H, 6], read
-    at the last step."""
+    at the last step; an ensemble's rollouts come as [S, H, 7], the members' spread last,
+    added times `disagreement`."""
     def of_goal(z_goal: torch.Tensor):
         g = z_goal.reshape(-1)
 
-        def per_step(z: torch.Tensor) -> torch.Tensor:
+        def per_step(zx: torch.Tensor) -> torch.Tensor:
+            z = zx[..., :6]
+            spread = disagreement * zx[..., 6] if zx.shape[-1] > 6 else 0.0
             if kind == "value":
                 assert value is not None
-                return value.steps_to_go(z, g)
-            cost = (z - g)[..., 0 if kind == "goal" else 2:].abs().sum(-1)
+                return value.steps_to_go(z, g) + spread
+            cost = (z - g)[..., 0 if kind == "goal" else 2:].abs().sum(-1) + spread
             if kind == "shaped":
                 line = g[2:4] - z[..., 2:4]
                 line = line / line.norm(dim=-1, keepdim=True).clamp_min(1e-6)
@@ -158,9 +196,9 @@ def energy(kind: str, value: GoalValue | None):
 
 
 def run(kind: str, goal_ee: str | None, episodes: int, value: GoalValue | None,
-        model: ACMLP | None = None) -> dict:
+        model: Ensemble | None = None, disagreement: float = 0.0) -> dict:
     """One row: `episodes` MPC episodes under `kind`'s energy, unrolled by the physics or, when
-    given, the learned `model`."""
+    given, the learned `model` (its members' mean, and their spread when `disagreement`)."""
     env = make("tabletop-push", image_size=16)
     u = env.unwrapped
     cfg = PlannerConfig(method="cem", horizon=8, samples=128, iterations=3, elites=16,
@@ -193,18 +231,23 @@ def run(kind: str, goal_ee: str | None, episodes: int, value: GoalValue | None,
 
         def unroll_from(z0: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
             if model is not None:
-                return model.rollout(z0.expand(len(actions), -1), actions.float())
+                every = model.rollout(z0.expand(len(actions), -1), actions.float())
+                if not disagreement:
+                    return every.mean(0)
+                spread = every[..., :4].std(0, unbiased=False).norm(dim=-1, keepdim=True)
+                return torch.cat([every.mean(0), spread], -1)
             return torch.from_numpy(features(u.unroll(actions.double().numpy())))
 
         res = run_episode(env, encode, unroll_from, cfg, torch.Generator().manual_seed(seed),
                           replan_every=2, max_steps=100, obs=obs,
-                          energy=energy(kind, value))
+                          energy=energy(kind, value, disagreement))
         ok.append(res.success)
         dist.append(res.final_distance)
         steps.append(res.steps)
     env.close()
     rate, lo, hi = wilson_ci(int(sum(ok)), len(ok))
-    return {"energy": kind, "goal_ee": goal_ee, "episodes": episodes, "success": rate,
+    return {"energy": kind, "goal_ee": goal_ee, "disagreement": disagreement,
+            "episodes": episodes, "success": rate,
             "ci95": [lo, hi], "final_distance": float(np.mean(dist)),
             "steps": float(np.mean(steps)), "seconds": time.perf_counter() - t0}
 
@@ -222,6 +265,12 @@ def main(argv: list[str] | None = None) -> int:
                    help="unroll with the scene's physics or an MLP learned from --data")
     p.add_argument("--dynamics-steps", type=int, default=10000)
     p.add_argument("--dynamics-k", type=int, default=8, help="rollout steps of its loss")
+    p.add_argument("--dynamics-loss", choices=["l1", "l2"], default="l1")
+    p.add_argument("--dynamics-init", choices=["trunc_normal", "torch"], default="trunc_normal",
+                   help="the MLP's initial weights (PredictorConfig.init)")
+    p.add_argument("--members", type=int, default=1, help="learned dynamics: ensemble size")
+    p.add_argument("--disagreement", default="0", help="weights w, comma-separated: rows "
+                   "with energy += w x the members' spread of ee and cube (z units)")
     p.add_argument("--out", default="runs/bench/push_ceiling.json")
     args = p.parse_args(argv)
     rows = [r for r in ROWS if args.only in (None, r[0]) and args.goal_ee in (None, r[1])]
@@ -232,15 +281,22 @@ def main(argv: list[str] | None = None) -> int:
         if any(k == "value" for k, _ in rows):
             value, learning = learn_value(z, args.value_steps, overrides=tuple(args.value_set))
         if learned:
-            model, dynamics = learn_dynamics(z, a, args.dynamics_steps, args.dynamics_k)
-    results = [run(k, g, args.episodes, value, model) for k, g in rows]
-    what = "an MLP learned from the same episodes" if learned else "perfect model"
+            model, dynamics = learn_dynamics(z, a, args.dynamics_steps, args.dynamics_k,
+                                             args.members, args.dynamics_loss,
+                                             args.dynamics_init)
+    weights = [float(w) for w in args.disagreement.split(",")]
+    if any(weights) and (not learned or args.members < 2):
+        raise SystemExit("--disagreement needs --dynamics learned --members >= 2")
+    results = [run(k, g, args.episodes, value, model, w) for k, g in rows for w in weights]
+    what = (f"{args.members} MLP(s) learned from the same episodes" if learned
+            else "perfect model")
     print(f"tabletop-push, {what}, CEM 8 x 128 x 3, re-plan every 2, 100 steps, "
           f"{args.episodes} episodes per row\n")
-    print("| energy | goal: ee at | success [95 % CI] | mean final distance (m) |")
-    print("|---|---|---|---:|")
+    print("| energy | goal: ee at | disagreement | success [95 % CI] | mean final distance (m) |")
+    print("|---|---|---:|---|---:|")
     for r in results:
-        print(f"| {r['energy']} | {r['goal_ee'] or '—'} | {r['success']:.0%} "
+        print(f"| {r['energy']} | {r['goal_ee'] or '—'} | {r['disagreement']:g} | "
+              f"{r['success']:.0%} "
               f"[{r['ci95'][0]:.0%}, {r['ci95'][1]:.0%}] | {r['final_distance']:.3f} |")
     if learning:
         print(f"\nvalue: {learning['steps']} steps x {learning['batch']} on "
@@ -248,7 +304,10 @@ def main(argv: list[str] | None = None) -> int:
     if dynamics:
         print(f"dynamics: {dynamics['steps']} steps in {dynamics['seconds']:.0f} s; held-out "
               f"error after {dynamics['k']} steps: cube {dynamics['val_cube_cm_at_k']:.2f} cm, "
-              f"ee {dynamics['val_ee_cm_at_k']:.2f} cm")
+              f"ee {dynamics['val_ee_cm_at_k']:.2f} cm; windows where the cube moves "
+              f"({dynamics['val_cube_moves']['windows']} of {dynamics['val_cube_moves']['of']}): "
+              f"gain {dynamics['val_cube_moves']['gain']:.2f}, error "
+              f"{dynamics['val_cube_moves']['error_cm']:.2f} cm")
     atomic_write_json(args.out, {"benchmark": "push_ceiling", "created": now_iso(),
                                  "git": git_info(), "dynamics": args.dynamics,
                                  "dynamics_learning": dynamics, "value_learning": learning,

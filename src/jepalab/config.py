@@ -329,6 +329,11 @@ class PredictorConfig(Config):
     use_state: bool = Field(False, description="add a proprioceptive/state token per frame")
     pool: int = Field(1, ge=1, description="mlp, conv: average tokens onto a pool x pool grid "
                       "(1: one mean vector); a coarse grid keeps where things are")
+    init: Literal["trunc_normal", "torch"] = Field(
+        "trunc_normal", description="mlp: initial weights, truncated normal std 0.02 (as the "
+        "ViTs) or PyTorch's default (Kaiming uniform, scaled to each layer's fan-in: keeps a "
+        "small input's signal through the layers; on tabletop-push states it learned the "
+        "cube's motion under contact, benchmarks/push_ceiling.py)")
     keypoints: float | None = Field(
         None, gt=0.0, description="mlp: also append each channel's soft-argmax over the token "
         "grid (its expected x, y under a softmax of this temperature over the tokens): 2 * D "
@@ -338,6 +343,8 @@ class PredictorConfig(Config):
     def _keypoints_need_mlp(self) -> PredictorConfig:
         if self.keypoints is not None and self.arch != "mlp":
             raise ValueError(f"keypoints: needs arch 'mlp' (a flat latent), got {self.arch!r}")
+        if self.init != "trunc_normal" and self.arch != "mlp":
+            raise ValueError(f"init: {self.init!r} is for arch 'mlp', got {self.arch!r}")
         return self
 
     @property

@@ -185,3 +185,20 @@ def test_build_predictor_by_arch():
     assert isinstance(tr, ACTransformer) and tr.state_dim == S and tr.context == 2
     with pytest.raises(ValueError, match="needs an image encoder"):
         build_predictor(PredictorConfig(arch="transformer", dim=16, heads=2), D, (2, 2, 2), A, 0, 2)
+
+
+def test_mlp_init_choice():
+    """trunc_normal: every Linear at std 0.02 (as the ViTs); torch: nn.Linear's Kaiming uniform,
+    std 1 / sqrt(3 fan_in), which keeps a small input's signal through the layers."""
+    torch.manual_seed(0)
+    cfg = PredictorConfig(arch="mlp", dim=256, depth=2)
+    vit = build_predictor(cfg, 6, GRID, 2, 0, 1)
+    own = build_predictor(cfg.model_copy(update={"init": "torch"}), 6, GRID, 2, 0, 1)
+    first = [m.net[0].weight.std().item() for m in (vit, own)]
+    assert abs(first[0] - 0.02) < 0.003 and abs(first[1] - (3 * 8) ** -0.5) < 0.03, first
+    x = torch.randn(64, 1, 6)
+    a = torch.randn(64, 1, 2)
+    moved = [(m(x, a)[0] - x).std().item() for m in (vit, own)]
+    assert moved[1] > 10 * moved[0], moved  # the 0.02 net starts near the identity map
+    with pytest.raises(ValueError, match="init: 'torch' is for arch 'mlp'"):
+        PredictorConfig(arch="conv", init="torch")

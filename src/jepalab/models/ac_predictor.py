@@ -203,13 +203,15 @@ class ACMLP(ACPredictor):
     """Residual MLP on pooled latents: z [B, T, D] -> z + f([z, a(, s)]) per step ([B, T, D])."""
 
     def __init__(
-        self, latent_dim: int, action_dim: int, state_dim: int = 0, width: int = 256, depth: int = 3
+        self, latent_dim: int, action_dim: int, state_dim: int = 0, width: int = 256,
+        depth: int = 3, init: str = "trunc_normal"
     ) -> None:
         super().__init__()
         self.latent_dim, self.action_dim, self.state_dim = latent_dim, action_dim, state_dim
         self.context = 1  # Markov: the next latent depends on the current one only
         self.net = mlp(latent_dim + action_dim + state_dim, latent_dim + state_dim, width, depth)
-        self.apply(_init_weights)
+        if init == "trunc_normal":  # else "torch": nn.Linear's own (Kaiming uniform)
+            self.apply(_init_weights)
 
     def forward(
         self, z: Tensor, a: Tensor, s: Tensor | None = None
@@ -272,7 +274,7 @@ def build_predictor(
     state_dim is used only with cfg.use_state (else the model takes no state)."""
     sdim = state_dim if cfg.use_state else 0
     if cfg.arch == "mlp":
-        return ACMLP(latent_dim, action_dim, sdim, width=cfg.dim, depth=cfg.depth)
+        return ACMLP(latent_dim, action_dim, sdim, width=cfg.dim, depth=cfg.depth, init=cfg.init)
     if cfg.arch == "conv":
         return ACConv(latent_dim, action_dim, cfg.pool, sdim, width=cfg.dim, depth=cfg.depth)
     if len(grid) != 2:
