@@ -160,7 +160,8 @@ def learn_dynamics(z: list[torch.Tensor], a: list[torch.Tensor], steps: int, k: 
     gain = float((d_hat[hit] * d[hit]).sum() / (d[hit] * d[hit]).sum())
     return model, {
         "episodes": len(keep) - n_val, "members": members, "loss": loss_kind, "init": init,
-        "steps": steps, "k": k, "batch": batch, "seconds": time.perf_counter() - t0, "train_loss": loss.item(),
+        "steps": steps, "k": k, "batch": batch, "seconds": time.perf_counter() - t0,
+        "train_loss": loss.item(),
         "val_l1_by_step": [float(x) for x in err.mean((0, 2))],
         "val_cube_cm_at_k": float(err[:, -1, 2:4].mean() * 100 / SCALE[2]),
         "val_ee_cm_at_k": float(err[:, -1, 0:2].mean() * 100 / SCALE[0]),
