@@ -332,8 +332,8 @@ class PredictorConfig(Config):
     init: Literal["trunc_normal", "torch"] = Field(
         "trunc_normal", description="mlp: initial weights, truncated normal std 0.02 (as the "
         "ViTs) or PyTorch's default (Kaiming uniform, scaled to each layer's fan-in: keeps a "
-        "small input's signal through the layers; on tabletop-push states it learned the "
-        "cube's motion under contact, benchmarks/push_ceiling.py)")
+        "small input's signal through the layers: with an L2 loss, on tabletop-push's true "
+        "states, the cube's move under contact, benchmarks/push_ceiling.py)")
     keypoints: float | None = Field(
         None, gt=0.0, description="mlp: also append each channel's soft-argmax over the token "
         "grid (its expected x, y under a softmax of this temperature over the tokens): 2 * D "
