@@ -51,6 +51,7 @@ from jepalab.io import atomic_write_json, git_info, now_iso
 from jepalab.models.ac_predictor import ACMLP
 from jepalab.models.value import QUASIMETRIC, GoalValue, quasimetric_loss
 from jepalab.planning import PlannerConfig, run_episode, step_energy
+from push_contact import readout  # benchmarks/: the same gain and error of a move
 
 ROWS = [("expert", None), ("goal", "start"), ("goal", "end"), ("task", "end"),
         ("shaped", "end"), ("value", "start"), ("value", "end")]  # (energy, goal ee)
@@ -155,9 +156,8 @@ def learn_dynamics(z: list[torch.Tensor], a: list[torch.Tensor], steps: int, k: 
     z0, acts, target = windows(keep[:n_val], 4096)
     mean = model.rollout(z0, acts).mean(0)
     err = (mean - target).abs()  # [N, k, 6], in z units
-    d, d_hat = (target[:, -1, 2:4] - z0[:, 2:4]), (mean[:, -1, 2:4] - z0[:, 2:4])
-    hit = d.norm(dim=-1) > moved * SCALE[2]
-    gain = float((d_hat[hit] * d[hit]).sum() / (d[hit] * d[hit]).sum())
+    d, d_hat = ((x[:, -1, 2:4] - z0[:, 2:4]).numpy() / SCALE[2] for x in (target, mean))  # m
+    hit = np.linalg.norm(d, axis=1) > moved
     return model, {
         "episodes": len(keep) - n_val, "members": members, "loss": loss_kind, "init": init,
         "steps": steps, "k": k, "batch": batch, "seconds": time.perf_counter() - t0,
@@ -165,9 +165,8 @@ def learn_dynamics(z: list[torch.Tensor], a: list[torch.Tensor], steps: int, k: 
         "val_l1_by_step": [float(x) for x in err.mean((0, 2))],
         "val_cube_cm_at_k": float(err[:, -1, 2:4].mean() * 100 / SCALE[2]),
         "val_ee_cm_at_k": float(err[:, -1, 0:2].mean() * 100 / SCALE[0]),
-        "val_cube_moves": {"windows": int(hit.sum()), "of": len(hit), "gain": gain,
-                           "error_cm": float((d_hat[hit] - d[hit]).norm(dim=-1).mean()
-                                             * 100 / SCALE[2])}}
+        "val_cube_moves": {"windows": int(hit.sum()), "of": len(hit),
+                           **readout(d_hat[hit], d[hit])}}
 
 
 def energy(kind: str, value: GoalValue | None, disagreement: float = 0.0):

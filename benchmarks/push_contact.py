@@ -29,7 +29,8 @@ from jepalab.eval.probes import fit_mlp_probe
 from jepalab.io import atomic_write_json, git_info, now_iso
 from jepalab.train.worldmodel import load_world_model
 
-COLS = {"ee": [0, 1], "cube": [3, 4]}  # TabletopEnv.state_names: ee_x, ee_y, cube_x, cube_y
+COLS = [0, 1, 3, 4]  # TabletopEnv.state_names: ee_x, ee_y, cube_x, cube_y
+BODIES = {"ee": slice(0, 2), "cube": slice(2, 4)}  # their columns in COLS
 
 
 def readout(d_hat: np.ndarray, d: np.ndarray) -> dict[str, float]:
@@ -49,10 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     wm = load_world_model(args.world_model)
     store = TrajectoryStore.open(wm.manifest["data_path"], verify=False)
-    cols = COLS["ee"] + COLS["cube"]
 
     def encoded(e: int) -> tuple[torch.Tensor, np.ndarray]:
-        return wm.encode_frames(store.series(e, "frames")), store.series(e, "states")[:, cols]
+        return wm.encode_frames(store.series(e, "frames")), store.series(e, "states")[:, COLS]
 
     fit = [encoded(e) for e in wm.manifest["split"]["train_episodes"][: args.fit]]
     probe = fit_mlp_probe(torch.cat([z for z, _ in fit]).double().numpy(),
@@ -72,11 +72,11 @@ def main(argv: list[str] | None = None) -> int:
         enc.append(probe.predict(z[k : k + n].double().numpy()) - at)
         pred.append(probe.predict(z_k.double().numpy()) - at)
     true, enc, pred = (np.concatenate(x) for x in (true, enc, pred))
-    moved = np.linalg.norm(true[:, 2:4], axis=1) > args.moved
+    moved = np.linalg.norm(true[:, BODIES["cube"]], axis=1) > args.moved
     groups = {}
     for name, rows in (("cube moves", moved), ("cube still", ~moved)):
         groups[name] = {"windows": int(rows.sum())}
-        for body, c in (("ee", slice(0, 2)), ("cube", slice(2, 4))):
+        for body, c in BODIES.items():
             d = true[rows, c]
             groups[name][body] = {
                 "true_cm": float(np.linalg.norm(d, axis=1).mean() * 100),
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
           "| world model: gain / error (cm) |")
     print("|---|---|---:|---|---|")
     for name, g in groups.items():
-        for body in ("ee", "cube"):
+        for body in BODIES:
             r = g[body]
             print(f"| {name} ({g['windows']}) | {body} | {r['true_cm']:.2f} | "
                   f"{r['encoder']['gain']:.2f} / {r['encoder']['error_cm']:.2f} | "
